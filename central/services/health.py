@@ -1,0 +1,22 @@
+"""Dependency checks for GET /api/health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import text
+
+from central.db.engine import Database
+
+log = logging.getLogger(__name__)
+
+
+async def database_ok(db: Database, timeout: float = 2.0) -> bool:
+    try:
+        async with asyncio.timeout(timeout), db.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except Exception as exc:  # any failure means "down": health must answer, never raise
+        log.warning("health: database check failed: %s", type(exc).__name__)
+        return False

@@ -1,0 +1,40 @@
+"""Which real services this run can use (PostgreSQL, Mosquitto), and the fallback policy.
+
+On a laptop without them the suite falls back (SQLite only, embedded broker); with
+MES_REQUIRE_SERVICES=1 (set by .ci/run) a missing service is an error instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from functools import cache
+
+PG_HOST = os.environ.get("MES_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("MES_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("MES_TEST_PG_USER", "postgres")
+REQUIRE = os.environ.get("MES_REQUIRE_SERVICES", "") == "1"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@cache
+def postgres_available() -> bool:
+    ok = _reachable(PG_HOST, PG_PORT)
+    if not ok and REQUIRE:
+        raise RuntimeError(f"MES_REQUIRE_SERVICES=1 but PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}")
+    return ok
+
+
+def pg_url(database: str) -> str:
+    return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+
+
+def backends() -> list[str]:
+    return ["sqlite", "postgresql"] if postgres_available() else ["sqlite"]
