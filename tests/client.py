@@ -47,7 +47,7 @@ class Api:
         if as_ is not None:
             token = self.tokens.get(as_) or (await self.login(as_) if "@" in as_ else as_)
             hdrs["Authorization"] = f"Bearer {token}"
-        r = await self.client.request(method, path if path.startswith("/api") else "/api" + path, json=json,
+        r = await self.client.request(method, path if path.startswith("/api/") else "/api" + path, json=json,
                                       headers=hdrs, params=params)
         text = await r.text()
         import json as _json

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 from pydantic.json_schema import GenerateJsonSchema
 
 from central.api.registry import Endpoint
 
 REF = "#/components/schemas/{model}"
+_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def _error_schema() -> dict[str, Any]:
@@ -38,6 +40,13 @@ def build(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
         js = TypeAdapter(tp).json_schema(by_alias=True, ref_template=REF, mode=mode,  # type: ignore[arg-type]
                                          schema_generator=GenerateJsonSchema)
         defs.update(js.pop("$defs", {}))
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            # Named models go to components so clients get one type per schema, not inlined copies.
+            name = _NAME.sub("_", js.get("title", tp.__name__))
+            if name in defs and defs[name] != js:
+                name = f"{name}-{mode.capitalize()}"
+            defs[name] = js
+            return {"$ref": REF.format(model=name)}
         return js
 
     for ep in endpoints:
