@@ -33,10 +33,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _configure_logging(st.log_level)
     host = args.host or st.http_host
     port = args.port if args.port is not None else st.http_port
-    print(f"mes-central listening on http://{host}:{port}  (API docs: http://{host}:{port}/api/docs)",
-          flush=True)
-    web.run_app(create_app(st), host=host, port=port, print=None, access_log_format=
-                '%a "%r" %s %b %Tfms')
+    print(
+        f"mes-central listening on http://{host}:{port}  (API docs: http://{host}:{port}/api/docs)",
+        flush=True,
+    )
+    web.run_app(create_app(st), host=host, port=port, print=None, access_log_format='%a "%r" %s %b %Tfms')
     return 0
 
 
@@ -89,9 +90,14 @@ def cmd_users_create(args: argparse.Namespace) -> int:
 
     st = _settings(args)
     password = args.password or os.environ.get("MES_NEW_USER_PASSWORD") or getpass.getpass("Password: ")
-    body = UserCreate(email=args.email, name=args.name or args.email.split("@")[0],
-                      password=SecretStr(password), roles=args.role, line_ids=args.line_id or [],
-                      station_ids=args.station_id or [])
+    body = UserCreate(
+        email=args.email,
+        name=args.name or args.email.split("@")[0],
+        password=SecretStr(password),
+        roles=args.role,
+        line_ids=args.line_id or [],
+        station_ids=args.station_id or [],
+    )
 
     async def run(db: Any) -> Any:
         async with UnitOfWork(db.writer) as uow:
@@ -132,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int)
     s.set_defaults(fn=cmd_serve)
 
-    sub.add_parser("migrate", help="bring the database schema to the newest version").set_defaults(fn=cmd_migrate)
+    sub.add_parser("migrate", help="bring the database schema to the newest version").set_defaults(
+        fn=cmd_migrate
+    )
 
     sd = sub.add_parser("seed", help="load a data set")
     sd.add_argument("dataset", choices=["demo"])

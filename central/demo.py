@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=st.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     state = asyncio.run(_prepare(st.database_url, st))
     base = f"http://{st.http_host}:{st.http_port}"
-    print(f"""
+    print(
+        f"""
   SMT MES demo — {state} ({st.database_url})
   API:      {base}/api   (docs: {base}/api/docs, health: {base}/api/health)
   Sign in:  curl -c /tmp/mes.cookies -H 'Content-Type: application/json' \\
@@ -51,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
   Users:    admin@example.com / ChangeMe123!; planner, engineer, quality, material, operator,
             operator.aoi, trace @example.com / Test123!
   Stop with Ctrl+C.
-""", flush=True)
+""",
+        flush=True,
+    )
     from aiohttp import web
 
     from central.api.app import create_app

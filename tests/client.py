@@ -34,21 +34,36 @@ class Api:
     tokens: dict[str, str] = field(default_factory=dict)
 
     async def login(self, email: str, password: str | None = None) -> str:
-        r = await self.client.post("/api/auth/sign-in/email", json={
-            "email": email, "password": password or PASSWORDS.get(email, DEFAULT_PASSWORD)})
+        r = await self.client.post(
+            "/api/auth/sign-in/email",
+            json={"email": email, "password": password or PASSWORDS.get(email, DEFAULT_PASSWORD)},
+        )
         body = await r.json()
         assert r.status == 200, body
         self.tokens[email] = body["data"]["token"]
         return self.tokens[email]
 
-    async def call(self, method: str, path: str, as_: str | None = None, *, json: Any = None,
-                   headers: dict[str, str] | None = None, params: dict[str, Any] | None = None) -> Resp:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        as_: str | None = None,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Resp:
         hdrs = dict(headers or {})
         if as_ is not None:
             token = self.tokens.get(as_) or (await self.login(as_) if "@" in as_ else as_)
             hdrs["Authorization"] = f"Bearer {token}"
-        r = await self.client.request(method, path if path.startswith("/api/") else "/api" + path, json=json,
-                                      headers=hdrs, params=params)
+        r = await self.client.request(
+            method,
+            path if path.startswith("/api/") else "/api" + path,
+            json=json,
+            headers=hdrs,
+            params=params,
+        )
         text = await r.text()
         import json as _json
 

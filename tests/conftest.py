@@ -37,8 +37,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER,
-                                 database="postgres")
+    conn = await asyncpg.connect(
+        host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, database="postgres"
+    )
     try:
         await conn.execute(sql)
     finally:
@@ -117,12 +118,25 @@ def make_user(database: Database) -> Any:
     from central.services.uow import UnitOfWork
     from central.services.users import create_user
 
-    async def make(email: str, *roles: str, password: str = "Test123!", line_ids: list[int] | None = None,
-                   station_ids: list[int] | None = None) -> dict[str, Any]:
+    async def make(
+        email: str,
+        *roles: str,
+        password: str = "Test123!",
+        line_ids: list[int] | None = None,
+        station_ids: list[int] | None = None,
+    ) -> dict[str, Any]:
         async with UnitOfWork(database.writer) as uow:
             await ensure_preset_roles(uow.session)
-            return await create_user(uow, UserCreate(email=email, name=email.split("@")[0],
-                                                     password=SecretStr(password), roles=list(roles),
-                                                     line_ids=line_ids or [], station_ids=station_ids or []))
+            return await create_user(
+                uow,
+                UserCreate(
+                    email=email,
+                    name=email.split("@")[0],
+                    password=SecretStr(password),
+                    roles=list(roles),
+                    line_ids=line_ids or [],
+                    station_ids=station_ids or [],
+                ),
+            )
 
     return make

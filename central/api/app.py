@@ -25,8 +25,9 @@ def all_endpoints() -> list[Endpoint]:
     return [ep for router in ROUTERS for ep in router.endpoints]
 
 
-def create_app(settings: Settings, *, database: Database | None = None,
-               extra_routers: list[Router] | None = None) -> web.Application:
+def create_app(
+    settings: Settings, *, database: Database | None = None, extra_routers: list[Router] | None = None
+) -> web.Application:
     app = web.Application(
         middlewares=[request_id_mw, error_mw, audit_mw, auth_mw, idempotency_mw],
         client_max_size=settings.http_max_body_bytes,
@@ -39,8 +40,9 @@ def create_app(settings: Settings, *, database: Database | None = None,
         app.router.add_route(ep.method, "/api" + ep.path, make_handler(ep))
 
     async def db_ctx(app: web.Application) -> AsyncIterator[None]:
-        db = database or create_database(settings.database_url, pool_size=settings.database_pool_size,
-                                         echo=settings.database_echo)
+        db = database or create_database(
+            settings.database_url, pool_size=settings.database_pool_size, echo=settings.database_echo
+        )
         if settings.migrate_on_start:
             await upgrade(db.engine)
         app[keys.DB] = db

@@ -57,8 +57,12 @@ async def error_mw(request: web.Request, handler: Handler) -> web.StreamResponse
         if exc.status == 404:
             return fail(404, "NOT_FOUND", f"No route for {request.method} {request.path}")
         if exc.status == 405:
-            return fail(405, "METHOD_NOT_ALLOWED", f"Method {request.method} not allowed on {request.path}",
-                        headers={"Allow": exc.headers.get("Allow", "")})
+            return fail(
+                405,
+                "METHOD_NOT_ALLOWED",
+                f"Method {request.method} not allowed on {request.path}",
+                headers={"Allow": exc.headers.get("Allow", "")},
+            )
         if exc.status == 413:
             return fail(413, "PAYLOAD_TOO_LARGE", "Request body too large")
         if exc.status < 400:
@@ -67,10 +71,15 @@ async def error_mw(request: web.Request, handler: Handler) -> web.StreamResponse
     except Exception as exc:
         if _db_down(exc):
             log.warning("database unavailable on %s %s: %s", request.method, request.path, type(exc).__name__)
-            return fail(503, "SERVICE_UNAVAILABLE", "Database unavailable; retry later",
-                        headers={"Retry-After": "5"})
-        log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
-                      request.get(keys.REQUEST_ID))
+            return fail(
+                503, "SERVICE_UNAVAILABLE", "Database unavailable; retry later", headers={"Retry-After": "5"}
+            )
+        log.exception(
+            "unhandled error on %s %s (request %s)",
+            request.method,
+            request.path,
+            request.get(keys.REQUEST_ID),
+        )
         return fail(500, "INTERNAL_ERROR", "Internal server error")
 
 
@@ -78,7 +87,7 @@ async def error_mw(request: web.Request, handler: Handler) -> web.StreamResponse
 async def audit_mw(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every refused write leaves a FAIL audit row (the successful ones are written inside their tx)."""
     ep = endpoint_of(request)
-    if ep is None or not ep.is_write or ep.public and ep.action != "SIGN_IN":
+    if ep is None or not ep.is_write or (ep.public and ep.action != "SIGN_IN"):
         return await handler(request)
     try:
         request[keys.BODY] = await read_json(request)
@@ -90,8 +99,9 @@ async def audit_mw(request: web.Request, handler: Handler) -> web.StreamResponse
         actor = request.get(keys.ACTOR)
         if actor is not None or ep.action == "SIGN_IN":
             who = actor or ANONYMOUS
-            await record_refusal(request.app[keys.DB].writer, who, audit_context(request, ep),
-                                 exc.code, exc.message)
+            await record_refusal(
+                request.app[keys.DB].writer, who, audit_context(request, ep), exc.code, exc.message
+            )
         raise
 
 
@@ -126,21 +136,27 @@ async def idempotency_mw(request: web.Request, handler: Handler) -> web.StreamRe
         raise MesError("VALIDATION_FAILED", "Idempotency-Key must be 1..128 characters", 422)
     actor = request[keys.ACTOR]
     caller = f"k{actor.api_key_id}" if actor.api_key_id else f"u{actor.user_id}"
-    body_hash = hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n"
-                               + await request.read()).hexdigest()
+    body_hash = hashlib.sha256(
+        request.method.encode() + b" " + request.path.encode() + b"\n" + await request.read()
+    ).hexdigest()
     db = request.app[keys.DB]
     ttl = request.app[keys.SETTINGS].idempotency_ttl_seconds
     stored = await idempotency.begin(db.writer, caller, key, request.method, request.path, body_hash, ttl)
     if stored is not None:
-        return web.Response(body=stored.body, status=stored.status, content_type="application/json",
-                            headers={"Idempotency-Replayed": "true"})
+        return web.Response(
+            body=stored.body,
+            status=stored.status,
+            content_type="application/json",
+            headers={"Idempotency-Replayed": "true"},
+        )
     try:
         response = await handler(request)
     except MesError as exc:
         if exc.status in (400, 404, 409):
             # A business refusal is this key's answer: a replay gets the same refusal, never a second try.
-            await idempotency.finish(db.writer, caller, key, exc.status,
-                                     fail(exc.status, exc.code, exc.message, exc.details).body)
+            await idempotency.finish(
+                db.writer, caller, key, exc.status, fail(exc.status, exc.code, exc.message, exc.details).body
+            )
         else:
             await idempotency.abandon(db.writer, caller, key)
         raise

@@ -16,11 +16,15 @@ _NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 def _error_schema() -> dict[str, Any]:
     return {
-        "type": "object", "required": ["ok", "error"],
+        "type": "object",
+        "required": ["ok", "error"],
         "properties": {
             "ok": {"const": False},
-            "error": {"type": "object", "required": ["code", "message"], "properties": {
-                "code": {"type": "string"}, "message": {"type": "string"}, "details": {}}},
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}, "details": {}},
+            },
         },
     }
 
@@ -28,8 +32,10 @@ def _error_schema() -> dict[str, Any]:
 def _query_params(model: Any) -> list[dict[str, Any]]:
     schema = model.model_json_schema(by_alias=True, ref_template=REF, mode="validation")
     required = set(schema.get("required", []))
-    return [{"name": name, "in": "query", "required": name in required, "schema": prop}
-            for name, prop in schema.get("properties", {}).items()]
+    return [
+        {"name": name, "in": "query", "required": name in required, "schema": prop}
+        for name, prop in schema.get("properties", {}).items()
+    ]
 
 
 def build(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
@@ -37,8 +43,12 @@ def build(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
 
     def schema_of(tp: Any, mode: str) -> dict[str, Any]:
-        js = TypeAdapter(tp).json_schema(by_alias=True, ref_template=REF, mode=mode,  # type: ignore[arg-type]
-                                         schema_generator=GenerateJsonSchema)
+        js = TypeAdapter(tp).json_schema(
+            by_alias=True,
+            ref_template=REF,
+            mode=mode,  # type: ignore[arg-type]
+            schema_generator=GenerateJsonSchema,
+        )
         defs.update(js.pop("$defs", {}))
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             # Named models go to components so clients get one type per schema, not inlined copies.
@@ -51,25 +61,35 @@ def build(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
 
     for ep in endpoints:
         op: dict[str, Any] = {
-            "operationId": ep.operation_id, "summary": ep.summary, "tags": [ep.tag],
-            "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                           for p in ep.path_params],
+            "operationId": ep.operation_id,
+            "summary": ep.summary,
+            "tags": [ep.tag],
+            "parameters": [
+                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                for p in ep.path_params
+            ],
         }
         if ep.query is not None:
             op["parameters"] += _query_params(ep.query)
             qs = ep.query.model_json_schema(by_alias=True, ref_template=REF)
             defs.update(qs.get("$defs", {}))
         if ep.body is not None:
-            op["requestBody"] = {"required": not ep.body_optional,
-                                 "content": {"application/json": {"schema": schema_of(ep.body, "validation")}}}
+            op["requestBody"] = {
+                "required": not ep.body_optional,
+                "content": {"application/json": {"schema": schema_of(ep.body, "validation")}},
+            }
         data = schema_of(ep.response, "serialization") if ep.response is not None else {}
-        envelope = {"type": "object", "required": ["ok", "data"],
-                    "properties": {"ok": {"const": True}, "data": data}}
+        envelope = {
+            "type": "object",
+            "required": ["ok", "data"],
+            "properties": {"ok": {"const": True}, "data": data},
+        }
         err = {"application/json": {"schema": {"$ref": REF.format(model="ErrorEnvelope")}}}
-        op["responses"] = {str(ep.status): {"description": "Success",
-                                            "content": {"application/json": {"schema": envelope}}},
-                           "4XX": {"description": "Refused (see code)", "content": err},
-                           "5XX": {"description": "Server error or database unavailable", "content": err}}
+        op["responses"] = {
+            str(ep.status): {"description": "Success", "content": {"application/json": {"schema": envelope}}},
+            "4XX": {"description": "Refused (see code)", "content": err},
+            "5XX": {"description": "Server error or database unavailable", "content": err},
+        }
         if ep.public:
             op["security"] = []
         elif ep.perms:
@@ -77,8 +97,11 @@ def build(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
         paths.setdefault("/api" + ep.path, {})[ep.method.lower()] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": "SMT MES central API", "version": version,
-                 "description": "Envelope, auth, lists and idempotency: see api.md."},
+        "info": {
+            "title": "SMT MES central API",
+            "version": version,
+            "description": "Envelope, auth, lists and idempotency: see api.md.",
+        },
         "servers": [{"url": "/"}],
         "paths": paths,
         "components": {

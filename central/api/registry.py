@@ -30,7 +30,9 @@ class Endpoint:
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
     response: Any = None
-    response_adapter: TypeAdapter[Any] | None = field(default=None, repr=False)  # None: handler-built response
+    response_adapter: TypeAdapter[Any] | None = field(
+        default=None, repr=False
+    )  # None: handler-built response
     body_optional: bool = False
 
     @property
@@ -54,9 +56,19 @@ class Router:
     entity_type: str = "SYSTEM_CONFIG"
     endpoints: list[Endpoint] = field(default_factory=list)
 
-    def route(self, method: str, path: str, *, perms: tuple[str, ...] | list[str] = (), public: bool = False,
-              status: int = 200, action: str | None = None, entity_type: str | None = None,
-              summary: str | None = None, response_model: Any = None) -> Callable[[Handler], Handler]:
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        perms: tuple[str, ...] | list[str] = (),
+        public: bool = False,
+        status: int = 200,
+        action: str | None = None,
+        entity_type: str | None = None,
+        summary: str | None = None,
+        response_model: Any = None,
+    ) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
             hints = get_type_hints(fn)
             sig = inspect.signature(fn)
@@ -72,11 +84,21 @@ class Router:
             else:
                 adapter = TypeAdapter(response) if response not in (None, type(None)) else None
             ep = Endpoint(
-                method=method, path=path, handler=fn, perms=tuple(perms), public=public, status=status,
-                tag=self.tag, summary=summary or (fn.__doc__ or fn.__name__).strip().splitlines()[0],
+                method=method,
+                path=path,
+                handler=fn,
+                perms=tuple(perms),
+                public=public,
+                status=status,
+                tag=self.tag,
+                summary=summary or (fn.__doc__ or fn.__name__).strip().splitlines()[0],
                 entity_type=entity_type or self.entity_type,
-                action=action or fn.__name__.upper(), body=body, query=query, response=response,
-                response_adapter=adapter, body_optional=body_optional,
+                action=action or fn.__name__.upper(),
+                body=body,
+                query=query,
+                response=response,
+                response_adapter=adapter,
+                body_optional=body_optional,
             )
             self.endpoints.append(ep)
             return fn

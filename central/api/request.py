@@ -40,10 +40,15 @@ def audit_context(request: web.Request, ep: Endpoint) -> AuditContext:
     ip = fwd.split(",")[0].strip() if fwd else request.headers.get("X-Real-IP") or request.remote
     body = request.get(keys.BODY)
     return AuditContext(
-        entity_type=ep.entity_type, action=ep.action, request_id=request.get(keys.REQUEST_ID), ip=ip,
-        user_agent=request.headers.get("User-Agent"), trace_id=request.headers.get("traceparent"),
+        entity_type=ep.entity_type,
+        action=ep.action,
+        request_id=request.get(keys.REQUEST_ID),
+        ip=ip,
+        user_agent=request.headers.get("User-Agent"),
+        trace_id=request.headers.get("traceparent"),
         idempotency_key=request.headers.get("Idempotency-Key"),
-        payload=_redact(body) if isinstance(body, dict) else None, is_write=ep.is_write,
+        payload=_redact(body) if isinstance(body, dict) else None,
+        is_write=ep.is_write,
     )
 
 
@@ -76,13 +81,15 @@ class Req:
             raise NotFound(code, f"{name} {raw!r} not found")
         return int(raw)
 
-    async def read(self, fn: Callable[Concatenate[UnitOfWork, P], Awaitable[R]], *args: P.args,
-                   **kwargs: P.kwargs) -> R:
+    async def read(
+        self, fn: Callable[Concatenate[UnitOfWork, P], Awaitable[R]], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
         async with UnitOfWork(self._db.reader, self.actor, audit_context(self.request, self.endpoint)) as uow:
             return await fn(uow, *args, **kwargs)
 
-    async def write(self, fn: Callable[Concatenate[UnitOfWork, P], Awaitable[R]], *args: P.args,
-                    **kwargs: P.kwargs) -> R:
+    async def write(
+        self, fn: Callable[Concatenate[UnitOfWork, P], Awaitable[R]], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
         async with UnitOfWork(self._db.writer, self.actor, audit_context(self.request, self.endpoint)) as uow:
             return await fn(uow, *args, **kwargs)
 
@@ -94,8 +101,10 @@ async def read_json(request: web.Request) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise RequestInvalid([{"loc": ["body"], "msg": f"malformed JSON: {exc}", "type": "json_invalid"}],
-                             "Malformed JSON body") from exc
+        raise RequestInvalid(
+            [{"loc": ["body"], "msg": f"malformed JSON: {exc}", "type": "json_invalid"}],
+            "Malformed JSON body",
+        ) from exc
 
 
 def _parse(model: type[BaseModel], data: Any, where: str) -> BaseModel:

@@ -30,14 +30,23 @@ def dumps(payload: Any) -> bytes:
 
 
 def ok(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=dumps({"ok": True, "data": data}), status=status,
-                        content_type="application/json", headers=headers)
+    return web.Response(
+        body=dumps({"ok": True, "data": data}),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
 
 
-def fail(status: int, code: str, message: str, details: Any = None,
-         headers: dict[str, str] | None = None) -> web.Response:
+def fail(
+    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+) -> web.Response:
     error: dict[str, Any] = {"code": code, "message": message}
     if details is not None:
         error["details"] = details
-    return web.Response(body=dumps({"ok": False, "error": error}), status=status,
-                        content_type="application/json", headers=headers)
+    return web.Response(
+        body=dumps({"ok": False, "error": error}),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )

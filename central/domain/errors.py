@@ -10,8 +10,9 @@ class MesError(Exception):
 
     status: int = 400
 
-    def __init__(self, code: str, message: str | None = None, status: int | None = None,
-                 details: Any = None) -> None:
+    def __init__(
+        self, code: str, message: str | None = None, status: int | None = None, details: Any = None
+    ) -> None:
         super().__init__(message or code)
         self.code = code
         self.message = message or code.replace("_", " ").capitalize()

@@ -17,8 +17,9 @@ UtcTime = Annotated[datetime, PlainSerializer(iso, return_type=str | None, when_
 class CamelModel(BaseModel):
     """Request bodies: camelCase aliases, snake_case names also accepted, unknown fields refused."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid",
-                              str_strip_whitespace=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", str_strip_whitespace=True
+    )
 
 
 class OutModel(BaseModel):

@@ -21,8 +21,13 @@ async def list_events(uow: UnitOfWork, q: AuditQuery) -> dict[str, Any]:
     stmt = select(AuditEvent)
     if not _privileged(uow):  # others see only what they did themselves
         stmt = stmt.where(AuditEvent.actor_id == uow.actor.user_id)
-    filters = {AuditEvent.actor_id: q.actor_id, AuditEvent.entity_type: q.entity_type,
-               AuditEvent.entity_id: q.entity_id, AuditEvent.action: q.action, AuditEvent.status: q.status}
+    filters = {
+        AuditEvent.actor_id: q.actor_id,
+        AuditEvent.entity_type: q.entity_type,
+        AuditEvent.entity_id: q.entity_id,
+        AuditEvent.action: q.action,
+        AuditEvent.status: q.status,
+    }
     for col, value in filters.items():
         if value is not None:
             stmt = stmt.where(col == value)
@@ -30,9 +35,19 @@ async def list_events(uow: UnitOfWork, q: AuditQuery) -> dict[str, Any]:
         stmt = stmt.where(AuditEvent.occurred_at >= q.from_)
     if q.to is not None:
         stmt = stmt.where(AuditEvent.occurred_at <= q.to)
-    return await paginate(uow.session, stmt, q, default_sort="occurredAt.desc", sort_fields={
-        "occurredAt": AuditEvent.occurred_at, "createdAt": AuditEvent.occurred_at,
-        "action": AuditEvent.action, "entityType": AuditEvent.entity_type}, search=[AuditEvent.entity_display])
+    return await paginate(
+        uow.session,
+        stmt,
+        q,
+        default_sort="occurredAt.desc",
+        sort_fields={
+            "occurredAt": AuditEvent.occurred_at,
+            "createdAt": AuditEvent.occurred_at,
+            "action": AuditEvent.action,
+            "entityType": AuditEvent.entity_type,
+        },
+        search=[AuditEvent.entity_display],
+    )
 
 
 async def get_event(uow: UnitOfWork, event_id: int) -> AuditEvent:

@@ -41,21 +41,27 @@ class SignedIn:
 
 async def user_summary(session: AsyncSession, user: User) -> dict[str, Any]:
     roles = await session.scalars(
-        select(Role.code).join(UserRoleAssignment, UserRoleAssignment.role_id == Role.id)
-        .where(UserRoleAssignment.user_id == user.id).order_by(Role.code)
+        select(Role.code)
+        .join(UserRoleAssignment, UserRoleAssignment.role_id == Role.id)
+        .where(UserRoleAssignment.user_id == user.id)
+        .order_by(Role.code)
     )
     return {"id": user.id, "email": user.email, "name": user.name, "roles": list(roles)}
 
 
-async def sign_in(uow: UnitOfWork, email: str, password: str, *, ttl_seconds: int, max_failures: int,
-                  window_seconds: int) -> SignedIn:
+async def sign_in(
+    uow: UnitOfWork, email: str, password: str, *, ttl_seconds: int, max_failures: int, window_seconds: int
+) -> SignedIn:
     s, now = uow.session, utcnow()
     email = email.strip().lower()
     ip = uow.ctx.ip or "?"
     since = now - timedelta(seconds=window_seconds)
-    by_email = await s.scalar(select(func.count()).where(SignInAttempt.email == email,
-                                                         SignInAttempt.attempted_at >= since))
-    by_ip = await s.scalar(select(func.count()).where(SignInAttempt.ip == ip, SignInAttempt.attempted_at >= since))
+    by_email = await s.scalar(
+        select(func.count()).where(SignInAttempt.email == email, SignInAttempt.attempted_at >= since)
+    )
+    by_ip = await s.scalar(
+        select(func.count()).where(SignInAttempt.ip == ip, SignInAttempt.attempted_at >= since)
+    )
     # Per address the limit is wider: a shop floor shares a few NAT addresses between many people.
     if (by_email or 0) >= max_failures or (by_ip or 0) >= max_failures * 10:
         raise TooManyAttempts("TOO_MANY_ATTEMPTS", "Too many failed sign-in attempts; try again later")
@@ -70,8 +76,16 @@ async def sign_in(uow: UnitOfWork, email: str, password: str, *, ttl_seconds: in
     await s.execute(delete(SignInAttempt).where(SignInAttempt.email == email))
     token = security.new_token()
     expires = now + timedelta(seconds=ttl_seconds)
-    s.add(AuthSession(token_hash=security.token_digest(token), user_id=user.id, created_at=now,
-                      expires_at=expires, ip=uow.ctx.ip, user_agent=(uow.ctx.user_agent or "")[:500]))
+    s.add(
+        AuthSession(
+            token_hash=security.token_digest(token),
+            user_id=user.id,
+            created_at=now,
+            expires_at=expires,
+            ip=uow.ctx.ip,
+            user_agent=(uow.ctx.user_agent or "")[:500],
+        )
+    )
     uow.actor = Actor(user_id=user.id, name=user.name, email=user.email)  # the audit row names who signed in
     uow.audit(user.id, user.email, entity_type="USER", action="SIGN_IN")
     return SignedIn(token=token, expires_at=expires, user=await user_summary(s, user))
@@ -92,8 +106,9 @@ async def get_session(uow: UnitOfWork) -> dict[str, Any] | None:
         return None
     sess = await uow.session.get(AuthSession, a.session_id) if a.session_id else None
     return {
-        "session": {"id": sess.id, "expiresAt": sess.expires_at, "createdAt": sess.created_at} if sess else
-        {"apiKeyId": a.api_key_id},
+        "session": {"id": sess.id, "expiresAt": sess.expires_at, "createdAt": sess.created_at}
+        if sess
+        else {"apiKeyId": a.api_key_id},
         "user": await user_summary(uow.session, user),
     }
 
@@ -112,10 +127,13 @@ class AuthService:
             token = bearer or cookie
             if not token:
                 return None
-            row = (await s.execute(
-                select(AuthSession.id, AuthSession.user_id, AuthSession.expires_at)
-                .where(AuthSession.token_hash == security.token_digest(token))
-            )).first()
+            row = (
+                await s.execute(
+                    select(AuthSession.id, AuthSession.user_id, AuthSession.expires_at).where(
+                        AuthSession.token_hash == security.token_digest(token)
+                    )
+                )
+            ).first()
             if row is None or row.expires_at <= utcnow():
                 return None
             return await load_actor(s, row.user_id, session_id=row.id)
@@ -136,36 +154,59 @@ class AuthService:
         return await load_actor(s, row.user_id, api_key_id=row.id)
 
 
-async def load_actor(s: AsyncSession, user_id: int, *, session_id: int | None = None,
-                     api_key_id: int | None = None) -> Actor | None:
+async def load_actor(
+    s: AsyncSession, user_id: int, *, session_id: int | None = None, api_key_id: int | None = None
+) -> Actor | None:
     user = await s.get(User, user_id)
     if user is None or not user.is_active:
         return None
-    roles = (await s.execute(
-        select(Role.code, Role.data_scope, Role.permissions)
-        .join(UserRoleAssignment, UserRoleAssignment.role_id == Role.id)
-        .where(UserRoleAssignment.user_id == user_id).order_by(Role.code)
-    )).all()
+    roles = (
+        await s.execute(
+            select(Role.code, Role.data_scope, Role.permissions)
+            .join(UserRoleAssignment, UserRoleAssignment.role_id == Role.id)
+            .where(UserRoleAssignment.user_id == user_id)
+            .order_by(Role.code)
+        )
+    ).all()
     lines = await s.scalars(select(UserLineBinding.line_id).where(UserLineBinding.user_id == user_id))
-    stations = await s.scalars(select(UserStationBinding.station_id).where(UserStationBinding.user_id == user_id))
+    stations = await s.scalars(
+        select(UserStationBinding.station_id).where(UserStationBinding.user_id == user_id)
+    )
     return Actor(
-        user_id=user.id, name=user.name, email=user.email, role_codes=tuple(r.code for r in roles),
+        user_id=user.id,
+        name=user.name,
+        email=user.email,
+        role_codes=tuple(r.code for r in roles),
         scopes=merge_scopes([(r.data_scope, list(r.permissions or [])) for r in roles]),
-        line_ids=frozenset(lines), station_ids=frozenset(stations), session_id=session_id,
-        api_key_id=api_key_id, actor_type="USER" if api_key_id is None else "API_KEY",
+        line_ids=frozenset(lines),
+        station_ids=frozenset(stations),
+        session_id=session_id,
+        api_key_id=api_key_id,
+        actor_type="USER" if api_key_id is None else "API_KEY",
     )
 
 
 async def permissions_me(uow: UnitOfWork) -> dict[str, Any]:
     a = uow.actor
-    roles = (await uow.session.scalars(
-        select(Role).join(UserRoleAssignment, UserRoleAssignment.role_id == Role.id)
-        .where(UserRoleAssignment.user_id == a.user_id).order_by(Role.code)
-    )).all()
+    roles = (
+        await uow.session.scalars(
+            select(Role)
+            .join(UserRoleAssignment, UserRoleAssignment.role_id == Role.id)
+            .where(UserRoleAssignment.user_id == a.user_id)
+            .order_by(Role.code)
+        )
+    ).all()
     return {
         "id": a.user_id,
-        "roles": [{"code": r.code, "name": r.name, "permissions": list(r.permissions or []),
-                   "dataScope": r.data_scope} for r in roles],
+        "roles": [
+            {
+                "code": r.code,
+                "name": r.name,
+                "permissions": list(r.permissions or []),
+                "dataScope": r.data_scope,
+            }
+            for r in roles
+        ],
         "permissions": sorted(a.permissions),
         "lineIds": sorted(a.line_ids),
         "stationIds": sorted(a.station_ids),
@@ -174,17 +215,29 @@ async def permissions_me(uow: UnitOfWork) -> dict[str, Any]:
 
 # --- API keys -------------------------------------------------------------------------------------------
 
-async def create_api_key(uow: UnitOfWork, *, name: str, user_id: int,
-                         expires_at: datetime | None = None) -> tuple[ApiKey, str]:
+
+async def create_api_key(
+    uow: UnitOfWork, *, name: str, user_id: int, expires_at: datetime | None = None
+) -> tuple[ApiKey, str]:
     if await uow.session.get(User, user_id) is None:
         raise NotFound("USER_NOT_FOUND", f"user {user_id} not found")
     prefix, key = security.new_api_key()
-    row = ApiKey(name=name, prefix=prefix, key_hash=await asyncio.to_thread(security.hash_secret, key),
-                 user_id=user_id, expires_at=expires_at)
+    row = ApiKey(
+        name=name,
+        prefix=prefix,
+        key_hash=await asyncio.to_thread(security.hash_secret, key),
+        user_id=user_id,
+        expires_at=expires_at,
+    )
     uow.session.add(row)
     await uow.session.flush()
-    uow.audit(row.id, name, entity_type="API_KEY", action="API_KEY_CREATE",
-              after={"name": name, "userId": user_id, "prefix": prefix})
+    uow.audit(
+        row.id,
+        name,
+        entity_type="API_KEY",
+        action="API_KEY_CREATE",
+        after={"name": name, "userId": user_id, "prefix": prefix},
+    )
     return row, key
 
 
@@ -198,8 +251,14 @@ async def revoke_api_key(uow: UnitOfWork, key_id: int) -> ApiKey:
         raise NotFound("API_KEY_NOT_FOUND", f"API key {key_id} not found")
     if row.revoked_at is None:
         row.revoked_at = utcnow()
-        uow.audit(row.id, row.name, entity_type="API_KEY", action="API_KEY_REVOKE",
-                  before={"revoked": False}, after={"revoked": True})
+        uow.audit(
+            row.id,
+            row.name,
+            entity_type="API_KEY",
+            action="API_KEY_REVOKE",
+            before={"revoked": False},
+            after={"revoked": True},
+        )
     return row
 
 

@@ -39,8 +39,11 @@ async def ensure_admin(sm: async_sessionmaker[AsyncSession], settings: Settings)
         if await s.scalar(select(func.count()).select_from(User)):
             return
         pw = settings.bootstrap_admin_password.get_secret_value()
-        user = User(email=settings.bootstrap_admin_email.lower(), name="Admin",
-                    password_hash=await asyncio.to_thread(hash_secret, pw))
+        user = User(
+            email=settings.bootstrap_admin_email.lower(),
+            name="Admin",
+            password_hash=await asyncio.to_thread(hash_secret, pw),
+        )
         s.add(user)
         await s.flush()
         s.add(UserRoleAssignment(user_id=user.id, role_id=roles["admin"].id))

@@ -12,9 +12,9 @@ from central.db.engine import Database
 log = logging.getLogger(__name__)
 
 
-async def database_ok(db: Database, timeout: float = 2.0) -> bool:
+async def database_ok(db: Database, limit_s: float = 2.0) -> bool:
     try:
-        async with asyncio.timeout(timeout), db.engine.connect() as conn:
+        async with asyncio.timeout(limit_s), db.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
         return True
     except Exception as exc:  # any failure means "down": health must answer, never raise

@@ -20,24 +20,47 @@ class StoredResponse:
     body: bytes
 
 
-async def begin(sm: async_sessionmaker[AsyncSession], caller: str, key: str, method: str, path: str,
-                body_hash: str, ttl_seconds: int) -> StoredResponse | None:
+async def begin(
+    sm: async_sessionmaker[AsyncSession],
+    caller: str,
+    key: str,
+    method: str,
+    path: str,
+    body_hash: str,
+    ttl_seconds: int,
+) -> StoredResponse | None:
     """Claims the key (→ None, go ahead) or returns the stored response; raises 409 on misuse."""
     now = utcnow()
     async with sm() as s, s.begin():
-        await s.execute(delete(IdempotencyRecord).where(IdempotencyRecord.caller == caller,
-                                                        IdempotencyRecord.key == key,
-                                                        IdempotencyRecord.expires_at <= now))
-        row = await s.scalar(select(IdempotencyRecord).where(IdempotencyRecord.caller == caller,
-                                                             IdempotencyRecord.key == key))
+        await s.execute(
+            delete(IdempotencyRecord).where(
+                IdempotencyRecord.caller == caller,
+                IdempotencyRecord.key == key,
+                IdempotencyRecord.expires_at <= now,
+            )
+        )
+        row = await s.scalar(
+            select(IdempotencyRecord).where(IdempotencyRecord.caller == caller, IdempotencyRecord.key == key)
+        )
         if row is None:
-            s.add(IdempotencyRecord(caller=caller, key=key, method=method, path=path[:500], body_hash=body_hash,
-                                    state="IN_PROGRESS", created_at=now,
-                                    expires_at=now + timedelta(seconds=ttl_seconds)))
+            s.add(
+                IdempotencyRecord(
+                    caller=caller,
+                    key=key,
+                    method=method,
+                    path=path[:500],
+                    body_hash=body_hash,
+                    state="IN_PROGRESS",
+                    created_at=now,
+                    expires_at=now + timedelta(seconds=ttl_seconds),
+                )
+            )
             try:
                 await s.flush()
             except IntegrityError:
-                raise Conflict("IDEMPOTENCY_IN_PROGRESS", "A request with this key is still running") from None
+                raise Conflict(
+                    "IDEMPOTENCY_IN_PROGRESS", "A request with this key is still running"
+                ) from None
             return None
     if row.body_hash != body_hash:
         raise Conflict("IDEMPOTENCY_KEY_REUSED", "Idempotency-Key was used with a different request")
@@ -46,15 +69,23 @@ async def begin(sm: async_sessionmaker[AsyncSession], caller: str, key: str, met
     return StoredResponse(status=row.status_code, body=row.response_body.encode())
 
 
-async def finish(sm: async_sessionmaker[AsyncSession], caller: str, key: str, status: int, body: bytes) -> None:
+async def finish(
+    sm: async_sessionmaker[AsyncSession], caller: str, key: str, status: int, body: bytes
+) -> None:
     async with sm() as s, s.begin():
-        await s.execute(update(IdempotencyRecord)
-                        .where(IdempotencyRecord.caller == caller, IdempotencyRecord.key == key)
-                        .values(state="DONE", status_code=status, response_body=body.decode()))
+        await s.execute(
+            update(IdempotencyRecord)
+            .where(IdempotencyRecord.caller == caller, IdempotencyRecord.key == key)
+            .values(state="DONE", status_code=status, response_body=body.decode())
+        )
 
 
 async def abandon(sm: async_sessionmaker[AsyncSession], caller: str, key: str) -> None:
     async with sm() as s, s.begin():
-        await s.execute(delete(IdempotencyRecord).where(IdempotencyRecord.caller == caller,
-                                                        IdempotencyRecord.key == key,
-                                                        IdempotencyRecord.state == "IN_PROGRESS"))
+        await s.execute(
+            delete(IdempotencyRecord).where(
+                IdempotencyRecord.caller == caller,
+                IdempotencyRecord.key == key,
+                IdempotencyRecord.state == "IN_PROGRESS",
+            )
+        )

@@ -25,10 +25,14 @@ def order_by(sort: str | None, allowed: dict[str, Any], default: str = "createdA
             field, direction = direction, "asc"
         direction = direction.lower()
         if field not in allowed or direction not in ("asc", "desc"):
-            raise MesError("VALIDATION_FAILED", f"Unsupported sort {part!r}; allowed: "
-                           f"{', '.join(sorted(allowed))} with .asc or .desc", 422,
-                           details=[{"loc": ["query", "sort"], "msg": f"unsupported sort {part!r}",
-                                     "type": "value_error"}])
+            raise MesError(
+                "VALIDATION_FAILED",
+                f"Unsupported sort {part!r}; allowed: {', '.join(sorted(allowed))} with .asc or .desc",
+                422,
+                details=[
+                    {"loc": ["query", "sort"], "msg": f"unsupported sort {part!r}", "type": "value_error"}
+                ],
+            )
         col = allowed[field]
         clauses.append(col.asc() if direction == "asc" else col.desc())
     return clauses
@@ -42,9 +46,16 @@ def search_filter(term: str | None, columns: list[Any]) -> ColumnElement[bool] |
     return or_(*(func.lower(c).like(f"%{escaped}%", escape="\\") for c in columns))
 
 
-async def paginate(session: AsyncSession, stmt: Select[Any], q: ListQuery, *, sort_fields: dict[str, Any],
-                   search: list[Any] | None = None, default_sort: str = "createdAt.desc",
-                   scalars: bool = True) -> dict[str, Any]:
+async def paginate(
+    session: AsyncSession,
+    stmt: Select[Any],
+    q: ListQuery,
+    *,
+    sort_fields: dict[str, Any],
+    search: list[Any] | None = None,
+    default_sort: str = "createdAt.desc",
+    scalars: bool = True,
+) -> dict[str, Any]:
     cond = search_filter(q.search, search or [])
     if cond is not None:
         stmt = stmt.where(cond)

@@ -36,8 +36,9 @@ def verify_secret(secret: str, stored: str | None) -> bool:
         return False
     if scheme != "scrypt":
         return False
-    got = hashlib.scrypt(secret.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p),
-                         maxmem=64 * 1024 * 1024, dklen=32)
+    got = hashlib.scrypt(
+        secret.encode(), salt=_unb64(salt), n=int(n), r=int(r), p=int(p), maxmem=64 * 1024 * 1024, dklen=32
+    )
     return hmac.compare_digest(got, _unb64(digest))
 
 

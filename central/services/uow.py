@@ -58,8 +58,9 @@ class UnitOfWork:
         await self.session.begin()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             if exc_type is None:
                 if self.ctx.is_write and not self.audited:
@@ -70,39 +71,83 @@ class UnitOfWork:
         finally:
             await self.session.close()
 
-    def audit(self, entity_id: Any, display: str | None = None, *, entity_type: str | None = None,
-              action: str | None = None, before: dict[str, Any] | None = None,
-              after: dict[str, Any] | None = None, payload: dict[str, Any] | None = None,
-              station_id: int | None = None) -> None:
+    def audit(
+        self,
+        entity_id: Any,
+        display: str | None = None,
+        *,
+        entity_type: str | None = None,
+        action: str | None = None,
+        before: dict[str, Any] | None = None,
+        after: dict[str, Any] | None = None,
+        payload: dict[str, Any] | None = None,
+        station_id: int | None = None,
+    ) -> None:
         """Appends a SUCCESS audit row to this transaction (it commits or rolls back with the change)."""
         self.audited = True
-        self.session.add(audit_row(self.actor, self.ctx, "SUCCESS", entity_type=entity_type, action=action,
-                                   entity_id=entity_id, display=display,
-                                   changes=diff(before, after) if (before or after) else None,
-                                   payload=payload, station_id=station_id))
+        self.session.add(
+            audit_row(
+                self.actor,
+                self.ctx,
+                "SUCCESS",
+                entity_type=entity_type,
+                action=action,
+                entity_id=entity_id,
+                display=display,
+                changes=diff(before, after) if (before or after) else None,
+                payload=payload,
+                station_id=station_id,
+            )
+        )
 
 
-def audit_row(actor: Actor, ctx: AuditContext, status: str, *, entity_type: str | None = None,
-              action: str | None = None, entity_id: Any = None, display: str | None = None,
-              changes: list[dict[str, Any]] | None = None, payload: dict[str, Any] | None = None,
-              error_code: str | None = None, error_message: str | None = None,
-              station_id: int | None = None) -> AuditEvent:
+def audit_row(
+    actor: Actor,
+    ctx: AuditContext,
+    status: str,
+    *,
+    entity_type: str | None = None,
+    action: str | None = None,
+    entity_id: Any = None,
+    display: str | None = None,
+    changes: list[dict[str, Any]] | None = None,
+    payload: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    station_id: int | None = None,
+) -> AuditEvent:
     return AuditEvent(
-        occurred_at=utcnow(), entity_type=entity_type or ctx.entity_type, action=action or ctx.action,
-        entity_id=None if entity_id is None else str(entity_id), entity_display=display,
-        actor_id=actor.user_id, actor_name=actor.name, actor_role=actor.role_label or None,
-        actor_type=actor.actor_type, status=status, error_code=error_code, error_message=error_message,
-        diff=changes, payload=payload, request_id=ctx.request_id, ip=ctx.ip, user_agent=ctx.user_agent,
-        trace_id=ctx.trace_id, idempotency_key=ctx.idempotency_key, station_id=station_id,
+        occurred_at=utcnow(),
+        entity_type=entity_type or ctx.entity_type,
+        action=action or ctx.action,
+        entity_id=None if entity_id is None else str(entity_id),
+        entity_display=display,
+        actor_id=actor.user_id,
+        actor_name=actor.name,
+        actor_role=actor.role_label or None,
+        actor_type=actor.actor_type,
+        status=status,
+        error_code=error_code,
+        error_message=error_message,
+        diff=changes,
+        payload=payload,
+        request_id=ctx.request_id,
+        ip=ctx.ip,
+        user_agent=ctx.user_agent,
+        trace_id=ctx.trace_id,
+        idempotency_key=ctx.idempotency_key,
+        station_id=station_id,
     )
 
 
-async def record_refusal(sessionmaker: async_sessionmaker[AsyncSession], actor: Actor, ctx: AuditContext,
-                         code: str, message: str) -> None:
+async def record_refusal(
+    sessionmaker: async_sessionmaker[AsyncSession], actor: Actor, ctx: AuditContext, code: str, message: str
+) -> None:
     """FAIL audit row in its own transaction (the refused change itself was rolled back)."""
     try:
         async with sessionmaker() as session, session.begin():
-            session.add(audit_row(actor, ctx, "FAIL", payload=ctx.payload, error_code=code,
-                                  error_message=message))
+            session.add(
+                audit_row(actor, ctx, "FAIL", payload=ctx.payload, error_code=code, error_message=message)
+            )
     except Exception:  # the refusal is still answered; losing its audit row must not mask it
         log.exception("could not write FAIL audit row for %s %s", ctx.action, code)

@@ -8,7 +8,15 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from central.db.models import Line, Role, Station, User, UserLineBinding, UserRoleAssignment, UserStationBinding
+from central.db.models import (
+    Line,
+    Role,
+    Station,
+    User,
+    UserLineBinding,
+    UserRoleAssignment,
+    UserStationBinding,
+)
 from central.domain.errors import Conflict, NotFound, Rejected
 from central.domain.permissions import PERMISSIONS, RESERVED_ROLE_CODES, DataScope
 from central.schemas.auth import RoleCreate, RoleUpdate, UserCreate, UserUpdate
@@ -26,7 +34,12 @@ def _check_permissions(perms: list[str]) -> list[str]:
 
 
 def role_view(r: Role) -> dict[str, Any]:
-    return {"code": r.code, "name": r.name, "permissions": list(r.permissions or []), "dataScope": r.data_scope}
+    return {
+        "code": r.code,
+        "name": r.name,
+        "permissions": list(r.permissions or []),
+        "dataScope": r.data_scope,
+    }
 
 
 async def list_roles(uow: UnitOfWork) -> list[Role]:
@@ -38,8 +51,14 @@ async def create_role(uow: UnitOfWork, body: RoleCreate) -> Role:
         raise Rejected("ROLE_CODE_RESERVED", f"Role code {body.code} is reserved for a system role")
     if await uow.session.scalar(select(Role.id).where(Role.code == body.code)):
         raise Conflict("ROLE_EXISTS", f"Role {body.code} already exists")
-    role = Role(code=body.code, name=body.name, description=body.description,
-                permissions=_check_permissions(body.permissions), data_scope=body.data_scope, is_system=False)
+    role = Role(
+        code=body.code,
+        name=body.name,
+        description=body.description,
+        permissions=_check_permissions(body.permissions),
+        data_scope=body.data_scope,
+        is_system=False,
+    )
     uow.session.add(role)
     await uow.session.flush()
     uow.audit(role.id, role.code, entity_type="ROLE", action="ROLE_CREATE", after=role_view(role))
@@ -66,14 +85,17 @@ async def update_role(uow: UnitOfWork, role_id: int, body: RoleUpdate) -> Role:
         role.permissions = _check_permissions(body.permissions)
     if body.data_scope is not None:
         role.data_scope = body.data_scope
-    uow.audit(role.id, role.code, entity_type="ROLE", action="ROLE_UPDATE", before=before, after=role_view(role))
+    uow.audit(
+        role.id, role.code, entity_type="ROLE", action="ROLE_UPDATE", before=before, after=role_view(role)
+    )
     return role
 
 
 async def delete_role(uow: UnitOfWork, role_id: int) -> dict[str, Any]:
     role = await _editable_role(uow, role_id)
-    in_use = await uow.session.scalar(select(UserRoleAssignment.id).where(UserRoleAssignment.role_id == role.id)
-                                      .limit(1))
+    in_use = await uow.session.scalar(
+        select(UserRoleAssignment.id).where(UserRoleAssignment.role_id == role.id).limit(1)
+    )
     if in_use:
         raise Conflict("ROLE_IN_USE", f"Role {role.code} is assigned to users")
     await uow.session.delete(role)
@@ -83,33 +105,56 @@ async def delete_role(uow: UnitOfWork, role_id: int) -> dict[str, Any]:
 
 async def user_out(uow: UnitOfWork, user: User) -> dict[str, Any]:
     s = uow.session
-    roles = await s.scalars(select(Role.code).join(UserRoleAssignment, UserRoleAssignment.role_id == Role.id)
-                            .where(UserRoleAssignment.user_id == user.id).order_by(Role.code))
+    roles = await s.scalars(
+        select(Role.code)
+        .join(UserRoleAssignment, UserRoleAssignment.role_id == Role.id)
+        .where(UserRoleAssignment.user_id == user.id)
+        .order_by(Role.code)
+    )
     lines = await s.scalars(select(UserLineBinding.line_id).where(UserLineBinding.user_id == user.id))
-    stations = await s.scalars(select(UserStationBinding.station_id).where(UserStationBinding.user_id == user.id))
-    return {"id": user.id, "email": user.email, "name": user.name, "is_active": user.is_active,
-            "employee_no": user.employee_no, "roles": list(roles), "line_ids": sorted(lines),
-            "station_ids": sorted(stations), "created_at": user.created_at}
+    stations = await s.scalars(
+        select(UserStationBinding.station_id).where(UserStationBinding.user_id == user.id)
+    )
+    return {
+        "id": user.id,
+        "email": user.email,
+        "name": user.name,
+        "is_active": user.is_active,
+        "employee_no": user.employee_no,
+        "roles": list(roles),
+        "line_ids": sorted(lines),
+        "station_ids": sorted(stations),
+        "created_at": user.created_at,
+    }
 
 
 async def list_users(uow: UnitOfWork, q: ListQuery) -> dict[str, Any]:
-    page = await paginate(uow.session, select(User), q, sort_fields={
-        "createdAt": User.created_at, "email": User.email, "name": User.name}, search=[User.email, User.name])
+    page = await paginate(
+        uow.session,
+        select(User),
+        q,
+        sort_fields={"createdAt": User.created_at, "email": User.email, "name": User.name},
+        search=[User.email, User.name],
+    )
     page["items"] = [await user_out(uow, u) for u in page["items"]]
     return page
 
 
-async def _set_bindings(uow: UnitOfWork, user: User, roles: list[str], line_ids: list[int],
-                        station_ids: list[int]) -> None:
+async def _set_bindings(
+    uow: UnitOfWork, user: User, roles: list[str], line_ids: list[int], station_ids: list[int]
+) -> None:
     s = uow.session
     found = (await s.scalars(select(Role).where(Role.code.in_(roles)))).all() if roles else []
     missing = sorted(set(roles) - {r.code for r in found})
     if missing:
         raise NotFound("ROLE_NOT_FOUND", f"Unknown role(s): {', '.join(missing)}", details=missing)
-    if line_ids and len((await s.scalars(select(Line.id).where(Line.id.in_(line_ids)))).all()) != len(set(line_ids)):
+    if line_ids and len((await s.scalars(select(Line.id).where(Line.id.in_(line_ids)))).all()) != len(
+        set(line_ids)
+    ):
         raise NotFound("LINE_NOT_FOUND", "A bound line does not exist")
-    if station_ids and len((await s.scalars(select(Station.id).where(Station.id.in_(station_ids))))
-                           .all()) != len(set(station_ids)):
+    if station_ids and len(
+        (await s.scalars(select(Station.id).where(Station.id.in_(station_ids)))).all()
+    ) != len(set(station_ids)):
         raise NotFound("STATION_NOT_FOUND", "A bound station does not exist")
     scopes = {DataScope(r.data_scope) for r in found}
     if DataScope.ASSIGNED_LINES in scopes and not line_ids:
@@ -129,8 +174,12 @@ async def create_user(uow: UnitOfWork, body: UserCreate) -> dict[str, Any]:
     email = body.email.lower()
     if await s.scalar(select(User.id).where(User.email == email)):
         raise Conflict("USER_EMAIL_EXISTS", f"A user with email {email} already exists")
-    user = User(email=email, name=body.name, employee_no=body.employee_no,
-                password_hash=await asyncio.to_thread(hash_secret, body.password.get_secret_value()))
+    user = User(
+        email=email,
+        name=body.name,
+        employee_no=body.employee_no,
+        password_hash=await asyncio.to_thread(hash_secret, body.password.get_secret_value()),
+    )
     s.add(user)
     try:
         await s.flush()
@@ -138,8 +187,13 @@ async def create_user(uow: UnitOfWork, body: UserCreate) -> dict[str, Any]:
         raise Conflict("USER_EXISTS", "A user with this email or employee number already exists") from None
     await _set_bindings(uow, user, body.roles, body.line_ids, body.station_ids)
     out = await user_out(uow, user)
-    uow.audit(user.id, user.email, entity_type="USER", action="USER_CREATE",
-              after={k: v for k, v in out.items() if k != "created_at"})
+    uow.audit(
+        user.id,
+        user.email,
+        entity_type="USER",
+        action="USER_CREATE",
+        after={k: v for k, v in out.items() if k != "created_at"},
+    )
     return out
 
 
@@ -158,10 +212,13 @@ async def update_user(uow: UnitOfWork, user_id: int, body: UserUpdate) -> dict[s
     if body.password is not None:
         user.password_hash = await asyncio.to_thread(hash_secret, body.password.get_secret_value())
     if body.roles is not None or body.line_ids is not None or body.station_ids is not None:
-        await _set_bindings(uow, user,
-                            body.roles if body.roles is not None else before["roles"],
-                            body.line_ids if body.line_ids is not None else before["line_ids"],
-                            body.station_ids if body.station_ids is not None else before["station_ids"])
+        await _set_bindings(
+            uow,
+            user,
+            body.roles if body.roles is not None else before["roles"],
+            body.line_ids if body.line_ids is not None else before["line_ids"],
+            body.station_ids if body.station_ids is not None else before["station_ids"],
+        )
     out = await user_out(uow, user)
     after = {k: v for k, v in out.items() if k != "created_at"}
     if body.password is not None:

@@ -6,7 +6,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("mes-sim: the line simulators are not part of this release yet (see docs/ROADMAP.md)", file=sys.stderr)
+    print(
+        "mes-sim: the line simulators are not part of this release yet (see docs/ROADMAP.md)", file=sys.stderr
+    )
     return 2
 
 

@@ -15,7 +15,9 @@ from tests.client import Api
 
 async def test_sign_in_sets_one_session_cookie_first(api: Api, make_user: Any) -> None:
     await make_user("pl@example.com", "planner")
-    r = await api.client.post("/api/auth/sign-in/email", json={"email": "pl@example.com", "password": "Test123!"})
+    r = await api.client.post(
+        "/api/auth/sign-in/email", json={"email": "pl@example.com", "password": "Test123!"}
+    )
     body = await r.json()
     assert r.status == 200 and body["ok"] is True
     assert set(body["data"]) == {"token", "expiresAt", "user"}
@@ -56,7 +58,9 @@ async def test_sign_in_is_rate_limited_per_account(api: Api, make_user: Any) -> 
 async def test_failed_sign_in_is_audited_without_the_password(api: Api, make_user: Any) -> None:
     await make_user("adm@example.com", "admin")
     await api.post("/auth/sign-in/email", json={"email": "adm@example.com", "password": "S3cret-Wrong!"})
-    rows = (await api.get("/audit-logs", "adm@example.com", params={"action": "SIGN_IN", "status": "FAIL"})).data
+    rows = (
+        await api.get("/audit-logs", "adm@example.com", params={"action": "SIGN_IN", "status": "FAIL"})
+    ).data
     assert rows["total"] == 1
     assert "S3cret-Wrong!" not in str(rows) and rows["items"][0]["payload"]["password"] == "***"
 
@@ -129,14 +133,22 @@ async def test_role_admin_rules(api: Api, make_user: Any) -> None:
     assert locked_del.code == "ROLE_SYSTEM_LOCKED"
     reserved = await api.post("/roles", "adm@example.com", json={"code": "operator", "name": "x"})
     assert reserved.code == "ROLE_CODE_RESERVED"
-    bad = await api.post("/roles", "adm@example.com", json={"code": "lead", "name": "L",
-                                                            "permissions": ["run:read", "run:fly"]})
+    bad = await api.post(
+        "/roles",
+        "adm@example.com",
+        json={"code": "lead", "name": "L", "permissions": ["run:read", "run:fly"]},
+    )
     assert bad.status == 400 and bad.code == "INVALID_PERMISSION"
-    ok = await api.post("/roles", "adm@example.com", json={"code": "lead", "name": "L", "permissions": ["run:read"]})
+    ok = await api.post(
+        "/roles", "adm@example.com", json={"code": "lead", "name": "L", "permissions": ["run:read"]}
+    )
     dup = await api.post("/roles", "adm@example.com", json={"code": "lead", "name": "L"})
     assert dup.status == 409 and dup.code == "ROLE_EXISTS"
-    upd = await api.patch(f"/roles/{ok.data['id']}", "adm@example.com",
-                          json={"permissions": ["run:read", "wo:read"], "dataScope": "ASSIGNED_LINES"})
+    upd = await api.patch(
+        f"/roles/{ok.data['id']}",
+        "adm@example.com",
+        json={"permissions": ["run:read", "wo:read"], "dataScope": "ASSIGNED_LINES"},
+    )
     assert upd.data["permissions"] == ["run:read", "wo:read"] and upd.data["dataScope"] == "ASSIGNED_LINES"
     missing = await api.patch("/roles/999999", "adm@example.com", json={"name": "x"})
     assert missing.status == 404 and missing.code == "ROLE_NOT_FOUND"
@@ -167,8 +179,9 @@ async def test_user_admin_rules(api: Api, make_user: Any) -> None:
     assert [u["email"] for u in listed.data["items"]] == ["new@example.com"]
 
 
-async def test_multi_role_permissions_are_the_union_with_widest_scope(api: Api, make_user: Any,
-                                                                      database: Database) -> None:
+async def test_multi_role_permissions_are_the_union_with_widest_scope(
+    api: Api, make_user: Any, database: Database
+) -> None:
     from central.db.models import Line, Station
 
     async with database.writer() as s, s.begin():

@@ -15,8 +15,9 @@ async def test_openapi_document_is_valid_3_1_and_complete(api: Api) -> None:
     validate(doc)
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     served = {(ep.method, "/api" + ep.path) for ep in all_endpoints()}
-    router_routes = {(res.method, res.resource.canonical) for res in api.client.app.router.routes()
-                     if res.method != "HEAD"}
+    router_routes = {
+        (res.method, res.resource.canonical) for res in api.client.app.router.routes() if res.method != "HEAD"
+    }
     assert documented == served == router_routes
 
 

@@ -64,8 +64,11 @@ async def test_forbidden_names_the_permission(api: Api, make_user: Any) -> None:
 async def test_malformed_json_is_422(api: Api, make_user: Any) -> None:
     await make_user("adm@example.com", "admin")
     token = await api.login("adm@example.com")
-    r = await api.client.post("/api/roles", data=b"{not json", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    r = await api.client.post(
+        "/api/roles",
+        data=b"{not json",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     body = await r.json()
     assert r.status == 422 and body["error"]["code"] == "VALIDATION_FAILED"
 
@@ -82,8 +85,11 @@ async def test_schema_violation_is_422_with_details(api: Api, make_user: Any) ->
 async def test_empty_json_body_is_treated_as_empty_object(api: Api, make_user: Any) -> None:
     await make_user("adm@example.com", "admin")
     token = await api.login("adm@example.com")
-    r = await api.client.post("/api/roles", data=b"", headers={
-        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    r = await api.client.post(
+        "/api/roles",
+        data=b"",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     body = await r.json()
     # {} reaches validation (422 naming the missing fields), not a JSON parse error.
     assert r.status == 422
@@ -93,16 +99,19 @@ async def test_empty_json_body_is_treated_as_empty_object(api: Api, make_user: A
 async def test_body_over_limit_is_413(aiohttp_client: Any, settings: Settings, database: Database) -> None:
     small = settings.model_copy(update={"http_max_body_bytes": 2048})
     client: TestClient = await aiohttp_client(create_app(small, database=database))
-    r = await client.post("/api/auth/sign-in/email", data=b"x" * 10_000,
-                          headers={"Content-Type": "application/json"})
+    r = await client.post(
+        "/api/auth/sign-in/email", data=b"x" * 10_000, headers={"Content-Type": "application/json"}
+    )
     body = await r.json()
     assert r.status == 413 and body["error"]["code"] == "PAYLOAD_TOO_LARGE"
 
 
-async def test_unexpected_error_is_500_without_traceback(aiohttp_client: Any, settings: Settings,
-                                                         database: Database) -> None:
-    client: TestClient = await aiohttp_client(create_app(settings, database=database,
-                                                         extra_routers=[crash_router]))
+async def test_unexpected_error_is_500_without_traceback(
+    aiohttp_client: Any, settings: Settings, database: Database
+) -> None:
+    client: TestClient = await aiohttp_client(
+        create_app(settings, database=database, extra_routers=[crash_router])
+    )
     r = await client.get("/api/test/crash")
     text = await r.text()
     assert r.status == 500
@@ -137,11 +146,16 @@ async def test_idempotency_replays_a_business_refusal(api: Api, make_user: Any) 
 
 async def test_every_write_is_audited_success_and_refusal(api: Api, make_user: Any) -> None:
     await make_user("adm@example.com", "admin")
-    ok = await api.post("/roles", "adm@example.com", json={"code": "aud", "name": "A"},
-                        headers={"X-Request-Id": "req-ok", "Idempotency-Key": "aud-1"})
+    ok = await api.post(
+        "/roles",
+        "adm@example.com",
+        json={"code": "aud", "name": "A"},
+        headers={"X-Request-Id": "req-ok", "Idempotency-Key": "aud-1"},
+    )
     assert ok.status == 200
-    refused = await api.post("/roles", "adm@example.com", json={"code": "admin", "name": "A"},
-                             headers={"X-Request-Id": "req-fail"})
+    refused = await api.post(
+        "/roles", "adm@example.com", json={"code": "admin", "name": "A"}, headers={"X-Request-Id": "req-fail"}
+    )
     assert refused.code == "ROLE_CODE_RESERVED"
     logs = (await api.get("/audit-logs", "adm@example.com", params={"entityType": "ROLE"})).data["items"]
     by_req = {e["requestId"]: e for e in logs}
@@ -182,8 +196,9 @@ async def test_list_pagination_search_and_sort(api: Api, make_user: Any) -> None
     await make_user("adm@example.com", "admin")
     for i in range(5):
         await make_user(f"u{i}@example.com", "trace")
-    r = await api.get("/users", "adm@example.com", params={"pageSize": 2, "page": 2, "sort": "email.asc",
-                                                           "search": "u"})
+    r = await api.get(
+        "/users", "adm@example.com", params={"pageSize": 2, "page": 2, "sort": "email.asc", "search": "u"}
+    )
     assert r.data["total"] == 5 and r.data["page"] == 2 and r.data["pageSize"] == 2
     assert [u["email"] for u in r.data["items"]] == ["u2@example.com", "u3@example.com"]
     too_big = await api.get("/users", "adm@example.com", params={"pageSize": 101})

@@ -36,7 +36,10 @@ async def test_every_route_but_the_public_ones_needs_credentials(api: Api) -> No
             assert r.status != 401, ep.path
             continue
         assert r.status == 401, f"{ep.method} {ep.path} answered {r.status} without credentials"
-        assert r.body == {"ok": False, "error": {"code": "UNAUTHORIZED", "message": "Authentication required"}}
+        assert r.body == {
+            "ok": False,
+            "error": {"code": "UNAUTHORIZED", "message": "Authentication required"},
+        }
         checked += 1
     assert checked >= 10
 
@@ -51,7 +54,8 @@ async def test_forged_or_garbage_credentials_are_401(api: Api) -> None:
 
 @pytest.mark.parametrize("role", sorted(PRESET_ROLES))
 async def test_role_is_allowed_exactly_where_it_holds_a_listed_permission(
-        api: Api, make_user: Any, database: Database, role: str) -> None:
+    api: Api, make_user: Any, database: Database, role: str
+) -> None:
     async with database.writer() as s, s.begin():
         line = Line(code="L-SEC", name="L", process_type="SMT")
         s.add(line)

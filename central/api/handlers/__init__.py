@@ -2,5 +2,13 @@
 
 from central.api.handlers import audit, auth, catalog, plant, routing, system, tpm, users
 
-ROUTERS = [system.router, auth.router, users.router, plant.router, routing.router, catalog.router, tpm.router,
-           audit.router]
+ROUTERS = [
+    system.router,
+    auth.router,
+    users.router,
+    plant.router,
+    routing.router,
+    catalog.router,
+    tpm.router,
+    audit.router,
+]

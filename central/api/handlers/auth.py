@@ -21,13 +21,25 @@ router = Router(tag="auth", entity_type="USER")
 async def sign_in(rq: Req, body: SignInBody) -> web.Response:
     """Sign in with email and password; sets the mes_session cookie."""
     st = rq.settings
-    result = await rq.write(auth.sign_in, body.email, body.password.get_secret_value(),
-                            ttl_seconds=st.session_ttl_seconds, max_failures=st.sign_in_max_failures,
-                            window_seconds=st.sign_in_window_seconds)
+    result = await rq.write(
+        auth.sign_in,
+        body.email,
+        body.password.get_secret_value(),
+        ttl_seconds=st.session_ttl_seconds,
+        max_failures=st.sign_in_max_failures,
+        window_seconds=st.sign_in_window_seconds,
+    )
     resp = ok(dump(SignInOut.model_validate(result, from_attributes=True)))
     # First (and only) Set-Cookie: the session.
-    resp.set_cookie(COOKIE, result.token, httponly=True, path="/", samesite="Lax",
-                    max_age=st.session_ttl_seconds, secure=st.secure_cookies)
+    resp.set_cookie(
+        COOKIE,
+        result.token,
+        httponly=True,
+        path="/",
+        samesite="Lax",
+        max_age=st.session_ttl_seconds,
+        secure=st.secure_cookies,
+    )
     return resp
 
 
