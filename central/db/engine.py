@@ -49,13 +49,15 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
 
 def create_database(url: str, *, pool_size: int = 10, echo: bool = False) -> Database:
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"echo": echo}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs["pool_size"] = max(pool_size, 2)
         kwargs["connect_args"] = {"timeout": 30}
     else:
+        # A server restart or failover leaves dead pooled connections; ping on checkout replaces them.
+        kwargs["pool_pre_ping"] = True
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size
     engine = create_async_engine(url, **kwargs)
