@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from central.schemas.base import ListQuery, OutModel, UtcTime
 
@@ -16,8 +15,8 @@ class AuditQuery(ListQuery):
     entity_id: str | None = Field(None, max_length=64)
     action: str | None = Field(None, max_length=80)
     status: str | None = Field(None, pattern="^(SUCCESS|FAIL)$")
-    from_: datetime | None = Field(None, alias="from")
-    to: datetime | None = None
+    from_: AwareDatetime | None = Field(None, alias="from")
+    to: AwareDatetime | None = None
 
 
 class AuditOut(OutModel):

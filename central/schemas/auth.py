@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import AwareDatetime, Field, SecretStr
 
 from central.schemas.base import CamelModel, OutModel, UtcTime
 
@@ -86,7 +86,7 @@ class ApiKeyCreate(CamelModel):
     name: str = Field(min_length=1, max_length=120)
     user_id: int | None = None
     role: str | None = Field(None, max_length=64)
-    expires_at: UtcTime | None = None
+    expires_at: AwareDatetime | None = None
 
 
 class ApiKeyOut(OutModel):
