@@ -34,6 +34,7 @@ class Endpoint:
         default=None, repr=False
     )  # None: handler-built response
     body_optional: bool = False
+    omit_none: bool = False  # drop null fields from the response (optional keys such as inspectionOverride)
 
     @property
     def is_write(self) -> bool:
@@ -68,6 +69,7 @@ class Router:
         entity_type: str | None = None,
         summary: str | None = None,
         response_model: Any = None,
+        omit_none: bool = False,
     ) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
             hints = get_type_hints(fn)
@@ -99,6 +101,7 @@ class Router:
                 response=response,
                 response_adapter=adapter,
                 body_optional=body_optional,
+                omit_none=omit_none,
             )
             self.endpoints.append(ep)
             return fn

@@ -132,7 +132,10 @@ def make_handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRe
             return result
         if ep.response_adapter is not None and result is not None:
             result = ep.response_adapter.dump_python(
-                ep.response_adapter.validate_python(result, from_attributes=True), mode="json", by_alias=True
+                ep.response_adapter.validate_python(result, from_attributes=True),
+                mode="json",
+                by_alias=True,
+                exclude_none=ep.omit_none,
             )
         return ok(result, status=ep.status)
 

@@ -1,6 +1,20 @@
 """Every handler module's router, in the order they appear in the OpenAPI document."""
 
-from central.api.handlers import audit, auth, catalog, plant, routing, system, tpm, users
+from central.api.handlers import (
+    audit,
+    auth,
+    catalog,
+    execution,
+    plant,
+    route_config,
+    routing,
+    runs,
+    system,
+    tpm,
+    trace,
+    users,
+    work_orders,
+)
 
 ROUTERS = [
     system.router,
@@ -8,7 +22,12 @@ ROUTERS = [
     users.router,
     plant.router,
     routing.router,
+    route_config.router,
     catalog.router,
     tpm.router,
+    work_orders.router,
+    runs.router,
+    execution.router,
+    trace.router,
     audit.router,
 ]
