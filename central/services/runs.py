@@ -99,6 +99,11 @@ async def create_run(uow: UnitOfWork, wo_no: str, body: RunCreate) -> dict[str, 
             "WORK_ORDER_DISPATCH_LINE_MISMATCH",
             f"Work order {wo_no} is dispatched to {dispatch.get('lineCode')}, not {line.code}",
         )
+    if routing.process_type and routing.process_type != line.process_type:  # Ours: re-checked (§12)
+        raise Rejected(
+            "LINE_ROUTING_PROCESS_MISMATCH",
+            f"Line {line.code} is {line.process_type}; routing {routing.code} is {routing.process_type}",
+        )
     version = await latest_ready_version(uow, routing.id)
     if version is None:
         raise NotFound("ROUTE_VERSION_NOT_READY", f"Routing {routing.code} has no READY version")
