@@ -40,6 +40,9 @@ class Api:
         )
         body = await r.json()
         assert r.status == 200, body
+        # Calls authenticate with the bearer token only: a session cookie left in the jar would make a later
+        # "anonymous" call of the same test signed in.
+        self.client.session.cookie_jar.clear()
         self.tokens[email] = body["data"]["token"]
         return self.tokens[email]
 

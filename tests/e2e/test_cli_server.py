@@ -67,7 +67,7 @@ def server(db_url: str, tmp_path: Any) -> Iterator[tuple[str, dict[str, str], An
 
 async def test_s1_health_and_authentication_smoke(server: tuple[str, dict[str, str], Any]) -> None:
     base, _, log = server
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         async with http.get(f"{base}/api/health") as r:
             body = await r.json()
             assert r.status == 200 and body["ok"] is True and body["data"]["status"] == "ok"
@@ -88,7 +88,7 @@ async def test_s1_health_and_authentication_smoke(server: tuple[str, dict[str, s
             assert r.status == 200
         async with http.get(f"{base}/api/permissions/me") as r:
             assert r.status == 401 and (await r.json())["error"]["code"] == "UNAUTHORIZED"
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         async with http.post(
             f"{base}/api/auth/sign-in/email", json={"email": "planner@example.com", "password": "wrong"}
         ) as r:
@@ -130,7 +130,7 @@ async def test_tokens_and_users_commands(server: tuple[str, dict[str, str], Any]
     assert key.returncode == 0, key.stderr
     secret = key.stdout.strip()
     assert secret.startswith("mes_")
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
         async with http.get(f"{base}/api/permissions/me", headers={"Authorization": f"Bearer {secret}"}) as r:
             assert r.status == 200 and (await r.json())["data"]["roles"][0]["code"] == "planner"
         async with http.post(
