@@ -76,8 +76,23 @@ def cmd_seed(args: argparse.Namespace) -> int:
             return await seed_demo(uow, st, force=args.force)
 
     summary = asyncio.run(_with_db(st, run))
+    key = summary.pop("edgeApiKey", None)
     print(f"demo plant loaded: {summary}")
+    if key:
+        print(f"edge API key for edge-line-b written to {write_secret(args.edge_key_file, key)} (mode 0600)")
     return 0
+
+
+def write_secret(path: str, secret: str) -> str:
+    """Writes a secret to a file only its owner can read (never to stdout or logs)."""
+    from pathlib import Path
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.touch(mode=0o600, exist_ok=True)
+    p.chmod(0o600)
+    p.write_text(secret + "\n", encoding="utf-8")
+    return str(p)
 
 
 def cmd_users_create(args: argparse.Namespace) -> int:
@@ -145,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     sd = sub.add_parser("seed", help="load a data set")
     sd.add_argument("dataset", choices=["demo"])
     sd.add_argument("--force", action="store_true", help="load even if production data exists")
+    sd.add_argument(
+        "--edge-key-file", default="var/edge-line-b.key", help="where the edge agent's API key goes"
+    )
     sd.set_defaults(fn=cmd_seed)
 
     u = sub.add_parser("users", help="manage users").add_subparsers(dest="users_cmd", required=True)

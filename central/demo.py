@@ -21,7 +21,11 @@ async def _prepare(url: str, settings: object) -> str:
         await upgrade(db.engine)
         try:
             async with UnitOfWork(db.writer) as uow:
-                await seed_demo(uow, settings)  # type: ignore[arg-type]
+                summary = await seed_demo(uow, settings)  # type: ignore[arg-type]
+            from central.cli import write_secret
+
+            if summary.get("edgeApiKey"):
+                write_secret("var/edge-line-b.key", summary["edgeApiKey"])
             return "demo plant loaded"
         except DemoSeedRefused:
             return "existing demo database reused"

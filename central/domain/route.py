@@ -30,11 +30,11 @@ def requires_fai(snapshot: dict[str, Any] | None) -> bool:
 
 
 def station_fits(step: Step, *, station_id: int, station_type: str, group_id: int | None) -> bool:
-    """domain.md §2: same type ∧ (no allowed list ∨ listed) ∧ (no group ∨ same group)."""
-    allowed = step.get("allowedStationIds") or []
+    """domain.md §2: same type ∧ (no allowed list ∨ listed) ∧ (no group ∨ the station's group)."""
+    allowed = {str(x) for x in step.get("allowedStationIds") or ()}  # ids may arrive as digit strings
     group = step.get("stationGroupId")
     return (
         step.get("stationType") == station_type
-        and (not allowed or station_id in allowed)
+        and (not allowed or str(station_id) in allowed)
         and (group is None or group == group_id)
     )

@@ -40,8 +40,13 @@ def server(db_url: str, tmp_path: Any) -> Iterator[tuple[str, dict[str, str], An
     migrated = _run(env, "migrate")
     assert migrated.returncode == 0, migrated.stderr
     assert "database at revision" in migrated.stdout
-    seeded = _run(env, "seed", "demo")
+    key_file = tmp_path / "edge.key"
+    seeded = _run(env, "seed", "demo", "--edge-key-file", str(key_file))
     assert seeded.returncode == 0, seeded.stderr
+    # The edge key goes to an owner-only file, never to the terminal.
+    key = key_file.read_text().strip()
+    assert key.startswith("mes_") and key not in seeded.stdout + seeded.stderr
+    assert key_file.stat().st_mode & 0o777 == 0o600
     with open(tmp_path / "server.log", "w+") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "central.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT

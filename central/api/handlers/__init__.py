@@ -4,6 +4,7 @@ from central.api.handlers import (
     audit,
     auth,
     catalog,
+    demo,
     execution,
     plant,
     route_config,
@@ -18,6 +19,7 @@ from central.api.handlers import (
 
 ROUTERS = [
     system.router,
+    demo.router,
     auth.router,
     users.router,
     plant.router,
