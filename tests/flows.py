@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from central.db.engine import Database
-from central.db.models import Inspection, Run
+from central.db.models import Inspection, ReadinessCheck, Run
 from central.domain.clock import utcnow
 from tests.client import Api
 
@@ -77,8 +77,20 @@ async def pass_fai(database: Database, run_no: str) -> None:
         )
 
 
+async def pass_readiness(database: Database, run_no: str) -> None:
+    """Record a PASSED FORMAL readiness check (readiness has its own tests; LINE-A needs loading)."""
+    async with database.writer() as s, s.begin():
+        run_id = await s.scalar(select(Run.id).where(Run.run_no == run_no))
+        s.add(
+            ReadinessCheck(
+                run_id=run_id, type="FORMAL", status="PASSED", checked_at=utcnow(), checked_by="test", meta={}
+            )
+        )
+
+
 async def authorized_run(api: Api, database: Database, **kw: Any) -> dict[str, Any]:
     flow = await released_run(api, **kw)
+    await pass_readiness(database, flow["runNo"])
     await pass_fai(database, flow["runNo"])
     r = await api.post(f"/runs/{flow['runNo']}/authorize", PL, json={"action": "AUTHORIZE"})
     assert r.status == 200 and r.data["status"] == "AUTHORIZED", r.body

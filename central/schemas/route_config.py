@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from central.schemas.base import CamelModel, OutModel, UtcTime
 
@@ -16,7 +16,10 @@ class ExecutionConfigIn(CamelModel):
     station_type: str | None = Field(None, pattern="^(MANUAL|AUTO|BATCH|TEST)$")
     station_group_code: str | None = Field(None, max_length=64)
     allowed_station_codes: list[str] | None = Field(None, max_length=200)
-    requires_fai: bool | None = None
+    # domain.md spells it requiresFAI (as the snapshot does); both spellings are accepted.
+    requires_fai: bool | None = Field(
+        None, validation_alias=AliasChoices("requiresFai", "requiresFAI", "requires_fai")
+    )
     requires_authorization: bool | None = None
     data_spec_ids: list[int] | None = Field(None, max_length=200)
     ingest_mapping: dict[str, Any] | None = None

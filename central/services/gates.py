@@ -1,7 +1,7 @@
 """Authorization gates of a run (domain.md §3 Run PREP→AUTHORIZED): readiness, then FAI.
 
-The readiness evaluation belongs to the preparation work (domain.md §5); until it exists the readiness gate
-reads the latest FORMAL check if one was recorded and passes otherwise.
+Readiness reads the latest FORMAL check and runs one only when none exists (domain.md §5): a stale FAILED
+check is not re-evaluated, so the planner re-checks explicitly after fixing the cause.
 """
 
 from __future__ import annotations
@@ -10,24 +10,16 @@ from typing import Any
 
 from sqlalchemy import select
 
-from central.db.models import Inspection, ReadinessCheck, Run
+from central.db.models import Inspection, Run
 from central.domain.errors import Rejected
 from central.domain.route import requires_fai
 from central.services.uow import UnitOfWork
 
 
-async def latest_formal_check(uow: UnitOfWork, run: Run) -> ReadinessCheck | None:
-    return await uow.session.scalar(
-        select(ReadinessCheck)
-        .where(ReadinessCheck.run_id == run.id, ReadinessCheck.type == "FORMAL")
-        .order_by(ReadinessCheck.checked_at.desc(), ReadinessCheck.id.desc())
-        .limit(1)
-    )
-
-
 async def readiness_gate(uow: UnitOfWork, run: Run) -> None:
-    check = await latest_formal_check(uow, run)
-    if check is not None and check.status == "FAILED":
+    from central.services.readiness import formal_allows  # readiness reads runs; avoid an import cycle
+
+    if not await formal_allows(uow, run):
         raise Rejected(
             "READINESS_CHECK_FAILED", f"Latest readiness check of run {run.run_no} has failed items"
         )

@@ -1,7 +1,4 @@
-"""Follow-up work that other workflows attach to run events, in the same transaction.
-
-The readiness PRECHECK after run creation (domain.md §5) is added here by the preparation work.
-"""
+"""Follow-up work that other workflows attach to run events, in the same transaction (never lost)."""
 
 from __future__ import annotations
 
@@ -10,5 +7,7 @@ from central.services.uow import UnitOfWork
 
 
 async def after_run_created(uow: UnitOfWork, run: Run) -> None:
-    """PRECHECK of the new run (filled in with readiness); a no-op until then."""
-    return None
+    """PRECHECK of a new run (domain.md §5): advisory, recorded with the run in one transaction."""
+    from central.services.readiness import precheck_runs
+
+    await precheck_runs(uow, run=run)

@@ -172,6 +172,8 @@ async def update_config(
     if c is None or c.routing_id != routing.id:
         raise NotFound("EXECUTION_CONFIG_NOT_FOUND", f"Execution config {config_id} not found on {code}")
     scope = "ROUTE" if c.routing_step_id is None and c.source_step_key is None else "STEP"
+    if body.scope_type is not None and body.scope_type not in ("ROUTE", "STEP"):
+        raise Rejected("SCOPE_TYPE_INVALID", "scopeType must be ROUTE or STEP")
     if body.scope_type is not None and body.scope_type != scope:
         raise Rejected("EXECUTION_CONFIG_SCOPE_MISMATCH", f"Config {config_id} is {scope}-scoped")
     if body.step_no is not None:

@@ -392,7 +392,9 @@ async def _loading(uow: UnitOfWork, run: Run | None, tracks: list[Track]) -> lis
     if run is None:
         return []
     start: datetime | None = min((t.in_at for t in tracks), default=None)
-    end: datetime | None = max((t.out_at or t.in_at for t in tracks), default=None)
+    # A unit still inside a station is still being built: its window has no end yet.
+    still_inside = any(t.out_at is None for t in tracks)
+    end: datetime | None = None if still_inside else max((t.out_at for t in tracks if t.out_at), default=None)
     stmt = (
         select(LoadingRecord, FeederSlot, MaterialLot.lot_no)
         .join(FeederSlot, FeederSlot.id == LoadingRecord.slot_id)

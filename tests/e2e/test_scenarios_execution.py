@@ -9,7 +9,7 @@ import pytest
 
 from central.db.engine import Database
 from tests.client import Api
-from tests.flows import EN, OP, PL, SMT_STATIONS, Q, move, pass_fai, seed
+from tests.flows import EN, OP, PL, SMT_STATIONS, Q, move, pass_fai, pass_readiness, seed
 
 
 @pytest.fixture
@@ -52,6 +52,7 @@ async def test_s2_smt_execution_path(demo: Api, database: Database) -> None:
     sn = g.data["units"][0]["sn"]
     assert sn == f"SN-{run_no}-0001" and g.data["units"][0]["status"] == "QUEUED"
 
+    await pass_readiness(database, run_no)  # loading and the real readiness check: tests/e2e/test_s2_full.py
     refused = await api.post(f"/runs/{run_no}/authorize", PL, json={"action": "AUTHORIZE"})
     assert refused.status == 400 and refused.code == "FAI_NOT_PASSED"
     await pass_fai(database, run_no)
@@ -134,7 +135,9 @@ async def test_s10_track_out_data_collection(demo: Api, database: Database) -> N
     sn, sn2 = flow["sns"]
     for station in SMT_STATIONS[:3]:
         await move(api, station, sn, flow)
-    await api.post("/stations/ST-REFLOW-01/track-in", OP, json={"sn": sn, "woNo": flow["woNo"], "runNo": flow["runNo"]})
+    await api.post(
+        "/stations/ST-REFLOW-01/track-in", OP, json={"sn": sn, "woNo": flow["woNo"], "runNo": flow["runNo"]}
+    )
     unknown = await api.post(
         "/stations/ST-REFLOW-01/track-out",
         OP,
@@ -179,7 +182,9 @@ async def test_s10_track_out_data_collection(demo: Api, database: Database) -> N
     await _bind_spec(api, spec.data["id"])
     for station in SMT_STATIONS[:3]:
         await move(api, station, sn2, flow)
-    await api.post("/stations/ST-REFLOW-01/track-in", OP, json={"sn": sn2, "woNo": flow["woNo"], "runNo": flow["runNo"]})
+    await api.post(
+        "/stations/ST-REFLOW-01/track-in", OP, json={"sn": sn2, "woNo": flow["woNo"], "runNo": flow["runNo"]}
+    )
     old_run = await api.post(
         "/stations/ST-REFLOW-01/track-out", OP, json={"sn": sn2, "runNo": flow["runNo"], "result": "PASS"}
     )
@@ -192,7 +197,9 @@ async def test_s10_track_out_data_collection(demo: Api, database: Database) -> N
         await move(api, station, b2, bound)
     ds = (await api.get(f"/stations/ST-REFLOW-01/unit/{b1}/data-specs", OP)).data
     assert [s["name"] for s in ds["specs"]] == ["PEAK_TEMP"] and ds["specs"][0]["spec"]["min"] == 240
-    await api.post("/stations/ST-REFLOW-01/track-in", OP, json={"sn": b1, "woNo": bound["woNo"], "runNo": bound["runNo"]})
+    await api.post(
+        "/stations/ST-REFLOW-01/track-in", OP, json={"sn": b1, "woNo": bound["woNo"], "runNo": bound["runNo"]}
+    )
     missing = await api.post(
         "/stations/ST-REFLOW-01/track-out", OP, json={"sn": b1, "runNo": bound["runNo"], "result": "PASS"}
     )

@@ -24,7 +24,7 @@ from central.db.models import (
 )
 from central.domain.clock import utcnow
 from tests.client import Api
-from tests.flows import OP, PL, Q, authorized_run, move, released_run, seed, set_run_status
+from tests.flows import OP, PL, Q, authorized_run, move, pass_readiness, released_run, seed, set_run_status
 
 PRINT = "ST-PRINT-01"
 
@@ -124,6 +124,8 @@ async def test_run_guards(demo: Api, database: Database) -> None:
 async def test_run_status_gate_and_fai_trial(demo: Api, database: Database) -> None:
     flow = await released_run(demo, qty=2)
     a, b = flow["sns"]
+    expect(await track_in(demo, flow, a), 400, "READINESS_CHECK_FAILED")  # LINE-A: nothing loaded yet
+    await pass_readiness(database, flow["runNo"])
     expect(await track_in(demo, flow, a), 400, "FAI_TRIAL_NOT_READY")
     async with database.writer() as s, s.begin():
         run_id = await s.scalar(select(Run.id).where(Run.run_no == flow["runNo"]))
