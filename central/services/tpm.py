@@ -105,6 +105,11 @@ async def update_equipment(uow: UnitOfWork, code: str, body: TpmEquipmentUpdate)
         before=before,
         after=_equipment_view(e),
     )
+    if body.status is not None and before.get("status") != e.status:
+        # domain.md §5: an equipment status change re-runs the advisory PRECHECK of PREP runs on its line.
+        from central.services.readiness import precheck_for_stations
+
+        await precheck_for_stations(uow, [e.equipment_code])
     return e
 
 

@@ -322,3 +322,14 @@ async def test_line_readiness_config(demo: Api) -> None:
     assert data["status"] == "PASSED" and {i["itemType"] for i in data["items"]} == {"EQUIPMENT", "ROUTE"}
     assert (await demo.get("/lines/LINE-A/readiness-config", Q)).status == 200
     _ = M_OP
+
+
+async def test_tpm_status_change_reruns_the_precheck_of_prep_runs(demo: Api) -> None:
+    flow = await released_run(demo, routing="PCBA-DIP-V1", line="LINE-DIP-A")
+    url = f"/runs/{flow['runNo']}/readiness/latest"
+    assert (await demo.get(url, Q, params={"type": "PRECHECK"})).data["status"] == "PASSED"
+    r = await demo.patch("/tpm/equipment/ST-DIP-WAVE-01", "admin@example.com", json={"status": "breakdown"})
+    assert r.status == 200, r.body
+    pre = (await demo.get(url, Q, params={"type": "PRECHECK"})).data
+    assert pre["status"] == "FAILED"
+    assert [i["itemKey"] for i in pre["items"] if i["status"] == "FAILED"] == ["ST-DIP-WAVE-01"]
