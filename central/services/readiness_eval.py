@@ -12,20 +12,17 @@ from central.db.models import (
     ExecutableRouteVersion,
     FeederSlot,
     Line,
-    LineSolderPaste,
-    LineStencil,
     Material,
     Routing,
     Run,
     RunSlotExpectation,
-    SolderPasteStatusRecord,
     Station,
-    StencilStatusRecord,
     TpmEquipment,
     TpmMaintenanceTask,
     WorkOrder,
 )
 from central.domain import route
+from central.services.consumables import current_paste_status, current_stencil_status
 from central.services.uow import UnitOfWork
 
 # Types the current phase may enable (domain.md "Scope now"); the PREP_* and TIME_RULE items come later.
@@ -129,27 +126,8 @@ async def route_item(uow: UnitOfWork, run: Run) -> list[Item]:
     return [Item("ROUTE", key, True, evidence={"versionNo": version.version_no})]
 
 
-async def _current(
-    uow: UnitOfWork, binding: Any, record: Any, key: str, line_id: int
-) -> tuple[str | None, str | None]:
-    """(id of the line's current stencil/paste lot, status of its newest record by event time)."""
-    s = uow.session
-    bound = await s.scalar(
-        select(getattr(binding, key)).where(binding.line_id == line_id, binding.is_current.is_(True))
-    )
-    if bound is None:
-        return None, None
-    status = await s.scalar(
-        select(record.status)
-        .where(getattr(record, key) == bound)
-        .order_by(record.event_time.desc(), record.id.desc())
-        .limit(1)
-    )
-    return bound, status
-
-
 async def stencil(uow: UnitOfWork, run: Run) -> list[Item]:
-    stencil_id, status = await _current(uow, LineStencil, StencilStatusRecord, "stencil_id", run.line_id)
+    stencil_id, status = await current_stencil_status(uow, run.line_id)
     if stencil_id is None:
         return [Item("STENCIL", "NONE", False, "NO_CURRENT_STENCIL")]
     ok = status == "READY"
@@ -161,7 +139,7 @@ async def stencil(uow: UnitOfWork, run: Run) -> list[Item]:
 
 
 async def solder_paste(uow: UnitOfWork, run: Run) -> list[Item]:
-    lot_id, status = await _current(uow, LineSolderPaste, SolderPasteStatusRecord, "lot_id", run.line_id)
+    lot_id, status = await current_paste_status(uow, run.line_id)
     if lot_id is None:
         return [Item("SOLDER_PASTE", "NONE", False, "NO_CURRENT_SOLDER_PASTE")]
     ok = status == "COMPLIANT"
