@@ -168,4 +168,39 @@ MES_EVENT = Machine(
     {"claim": "EVENT_NOT_CLAIMABLE"},
 )
 
-MACHINES = (WORK_ORDER, RUN, UNIT, INSPECTION, DEFECT, REWORK_TASK, MES_EVENT)
+# Loading (domain.md §3 "Loading"): a run's expectation per slot, and the scan records.
+LOADING_EXPECTATION = Machine(
+    "LoadingExpectation",
+    frozenset({"PENDING", "LOADED", "MISMATCH"}),
+    {
+        "load": {"PENDING": "LOADED", "MISMATCH": "LOADED"},  # PASS / WARNING scan
+        "mismatch": {"PENDING": "MISMATCH", "MISMATCH": "MISMATCH"},  # FAIL scan
+        "replace": {"LOADED": "LOADED"},  # replace with a fitting lot
+        "replace_fail": {"LOADED": "MISMATCH"},  # replace with a wrong lot
+    },
+    {
+        "load": "SLOT_ALREADY_LOADED",
+        "mismatch": "SLOT_ALREADY_LOADED",
+        "replace": "SLOT_NOT_LOADED",
+        "replace_fail": "SLOT_NOT_LOADED",
+    },
+)
+
+LOADING_RECORD = Machine(
+    "LoadingRecord",
+    frozenset({"LOADED", "UNLOADED", "REPLACED"}),
+    {"replace": {"LOADED": "REPLACED"}},
+    {"replace": "LOADING_RECORD_NOT_LOADED"},
+)
+
+MACHINES = (
+    WORK_ORDER,
+    RUN,
+    UNIT,
+    INSPECTION,
+    DEFECT,
+    REWORK_TASK,
+    MES_EVENT,
+    LOADING_EXPECTATION,
+    LOADING_RECORD,
+)
