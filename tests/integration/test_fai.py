@@ -163,8 +163,11 @@ async def test_s2_steps_12_to_20_fai_then_authorized(demo: Api, database: Databa
 
 async def test_s6_dip_trial_at_insertion_then_four_stations(demo: Api, database: Database) -> None:
     api = demo
-    flow = await ready_run(api, database, routing="PCBA-DIP-V1", line="LINE-DIP-A")
+    flow = await released_run(api, routing="PCBA-DIP-V1", line="LINE-DIP-A")
     run_no, sn = flow["runNo"], flow["sns"][0]
+    # S6: loading is off on LINE-DIP-A, so the real FORMAL check passes (ROUTE, EQUIPMENT×4, MATERIAL×3).
+    check = (await api.post(f"/runs/{run_no}/readiness/check", Q)).data
+    assert check["status"] == "PASSED" and check["summary"]["total"] == 8
     expect(await authorize(api, run_no), 400, "FAI_NOT_PASSED")
     assert (await api.get(f"/fai/run/{run_no}/gate", Q)).data["requiresFai"] is True
     fai_id = await started(api, flow)
