@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from central.db.models import (
     BomItem,
@@ -23,6 +23,7 @@ from central.db.models import (
 )
 from central.domain import route
 from central.services.consumables import current_paste_status, current_stencil_status
+from central.services.loading import line_has_slots
 from central.services.uow import UnitOfWork
 
 # Types the current phase may enable (domain.md "Scope now"); the PREP_* and TIME_RULE items come later.
@@ -175,8 +176,8 @@ async def loading(uow: UnitOfWork, run: Run) -> list[Item]:
             )
             for e, code in rows
         ]
-    slots = await s.scalar(select(func.count(FeederSlot.id)).where(FeederSlot.line_id == run.line_id))
-    return [Item("LOADING", "SLOT_TABLE", False, "SLOT_TABLE_MISSING")] if slots else []
+    has_slots = await line_has_slots(uow, run.line_id)
+    return [Item("LOADING", "SLOT_TABLE", False, "SLOT_TABLE_MISSING")] if has_slots else []
 
 
 EVALUATORS = {
