@@ -19,6 +19,7 @@ from central.schemas.tpm import (
     TpmTaskUpdate,
 )
 from central.services.listing import paginate, split_csv
+from central.services.readiness import precheck_for_stations
 from central.services.uow import UnitOfWork
 
 # Task status words (compared case-insensitively, as TPM spells them either way).
@@ -107,8 +108,6 @@ async def update_equipment(uow: UnitOfWork, code: str, body: TpmEquipmentUpdate)
     )
     if body.status is not None and before.get("status") != e.status:
         # domain.md §5: an equipment status change re-runs the advisory PRECHECK of PREP runs on its line.
-        from central.services.readiness import precheck_for_stations
-
         await precheck_for_stations(uow, [e.equipment_code])
     return e
 
@@ -175,6 +174,7 @@ async def create_task(uow: UnitOfWork, body: TpmTaskCreate) -> TpmMaintenanceTas
         action="TPM_MAINTENANCE_TASK_CREATE",
         after=_task_view(t),
     )
+    await precheck_for_stations(uow, [t.equipment_code])
     return t
 
 
@@ -204,4 +204,7 @@ async def update_task(uow: UnitOfWork, task_no: str, body: TpmTaskUpdate) -> Tpm
         before=before,
         after=_task_view(t),
     )
+    if body.status is not None and before["status"] != t.status:
+        # Maintenance starting or completing changes the EQUIPMENT item: re-run the PRECHECK (domain.md §5).
+        await precheck_for_stations(uow, [t.equipment_code])
     return t
