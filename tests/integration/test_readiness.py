@@ -339,10 +339,20 @@ async def test_maintenance_task_completion_reruns_the_precheck(demo: Api) -> Non
     flow = await released_run(demo, routing="PCBA-DIP-V1", line="LINE-DIP-A")
     url = f"/runs/{flow['runNo']}/readiness/latest"
     admin = "admin@example.com"
-    r = await demo.post("/tpm/maintenance-tasks", admin, json={
-        "taskNo": "MT-R1", "equipmentCode": "ST-DIP-TEST-01", "type": "REPAIR", "status": "IN_PROGRESS"})
+    r = await demo.post(
+        "/tpm/maintenance-tasks",
+        admin,
+        json={
+            "taskNo": "MT-R1",
+            "equipmentCode": "ST-DIP-TEST-01",
+            "type": "REPAIR",
+            "status": "IN_PROGRESS",
+        },
+    )
     assert r.status == 200, r.body
     assert (await demo.patch("/tpm/maintenance-tasks/MT-R1", admin, json={"status": "PENDING"})).status == 200
     assert (await demo.get(url, Q, params={"type": "PRECHECK"})).data["status"] == "FAILED"
-    assert (await demo.patch("/tpm/maintenance-tasks/MT-R1", admin, json={"status": "COMPLETED"})).status == 200
+    assert (
+        await demo.patch("/tpm/maintenance-tasks/MT-R1", admin, json={"status": "COMPLETED"})
+    ).status == 200
     assert (await demo.get(url, Q, params={"type": "PRECHECK"})).data["status"] == "PASSED"

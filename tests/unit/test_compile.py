@@ -29,7 +29,9 @@ def manual_steps() -> list[StepDef]:
     # Deliberately unsorted: the compile orders by stepNo.
     return [
         StepDef(id=12, step_no=20, operation_id=2, station_type="MANUAL", station_group_id=7),
-        StepDef(id=11, step_no=10, operation_id=1, station_type="MANUAL", station_group_id=7, requires_fai=True),
+        StepDef(
+            id=11, step_no=10, operation_id=1, station_type="MANUAL", station_group_id=7, requires_fai=True
+        ),
     ]
 
 
