@@ -161,6 +161,8 @@ MES_EVENT = Machine(
     frozenset({"PENDING", "PROCESSING", "COMPLETED", "FAILED"}),
     {
         "claim": {"PENDING": "PROCESSING", "FAILED": "PROCESSING"},
+        # Taking back an event a crashed worker left in PROCESSING (the caller checks it is stale).
+        "reclaim": {"PROCESSING": "PROCESSING"},
         "succeed": {"PROCESSING": "COMPLETED"},
         "fail": {"PROCESSING": "FAILED"},
         "retry": {"FAILED": "PENDING", "PENDING": "PENDING"},

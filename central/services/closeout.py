@@ -12,6 +12,7 @@ from central.db.models import ExecutableRouteVersion, Inspection, OqcSamplingRul
 from central.domain.clock import iso, utcnow
 from central.domain.errors import Rejected
 from central.domain.states import RUN, RUN_TERMINAL, UNIT_TERMINAL
+from central.services import hooks
 from central.services.uow import UnitOfWork
 
 _rng = random.SystemRandom()
@@ -64,7 +65,7 @@ async def _unit_counts(uow: UnitOfWork, run: Run) -> dict[str, int]:
     return dict(rows.all())
 
 
-def _complete(uow: UnitOfWork, run: Run) -> None:
+async def _complete(uow: UnitOfWork, run: Run) -> None:
     before = {"status": run.status, "endedAt": iso(run.ended_at)}
     RUN.apply(run, "complete")
     run.ended_at = utcnow()
@@ -76,9 +77,20 @@ def _complete(uow: UnitOfWork, run: Run) -> None:
         before=before,
         after={"status": run.status, "endedAt": iso(run.ended_at)},
     )
+    await hooks.after_run_terminal(uow, run)
 
 
-async def _create_oqc(uow: UnitOfWork, run: Run, rule: OqcSamplingRule, size: int) -> Inspection:
+async def _create_oqc(
+    uow: UnitOfWork,
+    run: Run,
+    rule: OqcSamplingRule | None,
+    size: int,
+    *,
+    remark: str | None = None,
+    source: str = "AUTO",
+) -> Inspection:
+    """A PENDING OQC sampling `size` random DONE units (never SCRAPPED ones). Without a rule (a manual OQC)
+    the sample is recorded as FIXED `size` with samplingRuleId null."""
     done_ids = list(
         await uow.session.scalars(
             select(Unit.id).where(Unit.run_id == run.id, Unit.status == "DONE").order_by(Unit.id)
@@ -91,28 +103,67 @@ async def _create_oqc(uow: UnitOfWork, run: Run, rule: OqcSamplingRule, size: in
         status="PENDING",
         active_key=f"{run.id}:OQC",
         sample_qty=size,
+        remark=remark,
         data={
             "sampledUnitIds": sampled,
-            "samplingRuleId": rule.id,
-            "samplingType": rule.sampling_type,
-            "samplingValue": rule.sample_value,
+            "samplingRuleId": rule.id if rule else None,
+            "samplingType": rule.sampling_type if rule else "FIXED",
+            "samplingValue": rule.sample_value if rule else size,
+            "source": source,
         },
     )
     uow.session.add(oqc)
     await uow.session.flush()
     uow.audit(
         oqc.id,
-        run.run_no,
+        f"OQC {run.run_no}",
         entity_type="INSPECTION",
         action="OQC_CREATE",
-        after={"runNo": run.run_no, "sampleQty": size, "samplingRuleId": rule.id},
+        after={
+            "runNo": run.run_no,
+            "status": oqc.status,
+            "sampleQty": size,
+            "samplingRuleId": rule.id if rule else None,
+            "source": source,
+        },
     )
     return oqc
+
+
+async def create_oqc(
+    uow: UnitOfWork,
+    run: Run,
+    size: int,
+    *,
+    rule: OqcSamplingRule | None = None,
+    remark: str | None = None,
+    source: str = "MANUAL",
+) -> Inspection:
+    """Public entry for a manually requested OQC (the caller has checked the run and the size)."""
+    return await _create_oqc(uow, run, rule, size, remark=remark, source=source)
+
+
+async def complete_run(uow: UnitOfWork, run: Run) -> None:
+    """IN_PROGRESS → COMPLETED with endedAt, audited RUN_COMPLETE (OQC PASS uses it too)."""
+    await _complete(uow, run)
 
 
 async def after_units_changed(uow: UnitOfWork, run: Run) -> str | None:
     """Called after any event that made a unit DONE or SCRAPPED: when every unit is terminal, the run either
     completes (no rule, or a sample of 0) or gets its OQC. Returns "COMPLETED", "OQC" or None."""
+    if run.status != "IN_PROGRESS":
+        return None
+    # Serialise close-out per run. Concurrent track-outs of the last units lock different unit rows; without
+    # the run lock each would count the other's unit as still open (READ COMMITTED) and nobody would close the
+    # run. FOR NO KEY UPDATE (key_share): the rows these transactions already inserted hold KEY SHARE locks on
+    # the run through their foreign keys, which a plain FOR UPDATE would deadlock against. The re-read
+    # (pending changes are autoflushed first) also sees a completion committed meanwhile.
+    await uow.session.execute(
+        select(Run)
+        .where(Run.id == run.id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    )
     if run.status != "IN_PROGRESS":
         return None
     counts = await _unit_counts(uow, run)
@@ -122,7 +173,7 @@ async def after_units_changed(uow: UnitOfWork, run: Run) -> str | None:
     rule = await select_rule(uow, run)
     size = sample_size(rule.sampling_type, rule.sample_value, counts.get("DONE", 0)) if rule else 0
     if rule is None or size == 0:
-        _complete(uow, run)
+        await _complete(uow, run)
         return "COMPLETED"
     if await active_oqc(uow, run) is None and not await _decided_oqc(uow, run):
         await _create_oqc(uow, run, rule, size)

@@ -202,20 +202,21 @@ async def update_item(uow: UnitOfWork, fai_id: int, item_id: int, body: FaiItemU
     return item_out(item)
 
 
-def counts(decision: str, sample: int, passed: int | None, failed: int | None) -> tuple[int, int]:
-    """The count rule of domain.md §3 Inspection → (passedQty, failedQty) or INVALID_FAI_COUNTS."""
+def counts(
+    decision: str, sample: int, passed: int | None, failed: int | None, *, code: str = "INVALID_FAI_COUNTS"
+) -> tuple[int, int]:
+    """The count rule of domain.md §3 Inspection (FAI, FQC and OQC alike) → (passedQty, failedQty), or `code`
+    (INVALID_FAI_COUNTS | INVALID_FQC_COUNTS | INVALID_OQC_COUNTS)."""
     if decision == "PASS":
         p = sample if passed is None else passed
         if (failed or 0) != 0 or p != sample:
-            raise Rejected(
-                "INVALID_FAI_COUNTS", f"A PASS needs passedQty {sample} of {sample} and no failed units"
-            )
+            raise Rejected(code, f"A PASS needs passedQty {sample} of {sample} and no failed units")
         return p, 0
     if failed is None or failed <= 0:
-        raise Rejected("INVALID_FAI_COUNTS", "A FAIL needs failedQty > 0")
+        raise Rejected(code, "A FAIL needs failedQty > 0")
     p = sample - failed if passed is None else passed
     if p < 0 or p + failed != sample:
-        raise Rejected("INVALID_FAI_COUNTS", f"passedQty + failedQty must equal sampleQty {sample}")
+        raise Rejected(code, f"passedQty + failedQty must equal sampleQty {sample}")
     return p, failed
 
 

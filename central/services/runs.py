@@ -265,12 +265,18 @@ async def list_runs(uow: UnitOfWork, q: RunQuery) -> dict[str, Any]:
     return page
 
 
-async def run_detail(uow: UnitOfWork, run_no: str) -> dict[str, Any]:
-    s = uow.session
+async def visible_run(uow: UnitOfWork, run_no: str) -> Run:
+    """A run the caller may read: outside a line-scoped caller's lines it does not exist (domain.md §10)."""
     run = await get_run(uow, run_no)
     lines = await scoped_line_ids(uow, READ_PERMS)
     if lines is not None and run.line_id not in lines:
         raise NotFound("RUN_NOT_FOUND", f"Run {run_no} not found")
+    return run
+
+
+async def run_detail(uow: UnitOfWork, run_no: str) -> dict[str, Any]:
+    s = uow.session
+    run = await visible_run(uow, run_no)
     out = await run_out(uow, run)
     wo = await s.get(WorkOrder, run.wo_id)
     line = await s.get(Line, run.line_id)
@@ -402,7 +408,7 @@ async def trial_units_tracked(uow: UnitOfWork, run: Run, fai: Inspection) -> int
 
 async def list_units(uow: UnitOfWork, run_no: str, q: UnitQuery) -> dict[str, Any]:
     s = uow.session
-    run = await get_run(uow, run_no)
+    run = await visible_run(uow, run_no)  # the units of a run are scoped like the run itself
     version = await version_of(uow, run)
     snapshot = version.snapshot_json if version else None
     steps = route.steps(snapshot)
@@ -496,8 +502,8 @@ async def generate_units(uow: UnitOfWork, run_no: str, body: GenerateUnits) -> d
     if first is None:
         raise Rejected("ROUTING_EMPTY", f"The route version of run {run_no} has no steps")
     prefix = body.sn_prefix or f"SN-{run.run_no}-"
-    width = max(4, len(str(existing + body.quantity)))
-    sns = [f"{prefix}{n:0{width}d}" for n in range(existing + 1, existing + body.quantity + 1)]
+    # domain.md §3: a 4-digit running number; beyond 9999 it simply grows (…-10000), never re-pads a batch.
+    sns = [f"{prefix}{n:04d}" for n in range(existing + 1, existing + body.quantity + 1)]
     taken = list(await s.scalars(select(Unit.sn).where(Unit.sn.in_(sns))))
     if taken:
         raise Conflict(

@@ -97,8 +97,12 @@ async def receive(uow: UnitOfWork, body: WorkOrderReceive) -> dict[str, Any]:
         s.add(wo)
     else:
         wo.product_code, wo.planned_qty = body.product_code, body.planned_qty
-        if routing is not None and not (wo.meta or {}).get("routingOverride"):
-            wo.routing_id = routing.id
+        if not (wo.meta or {}).get("routingOverride"):
+            if routing is None and wo.routing_id is None:
+                # No code and still no routing: the product's unique active routing, as on first receive.
+                routing = await routing_for_product(uow, body.product_code)
+            if routing is not None:
+                wo.routing_id = routing.id
         if body.meta:
             wo.meta = {**(wo.meta or {}), **body.meta}
     if body.pick_status is not None:
