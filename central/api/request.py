@@ -84,13 +84,17 @@ class Req:
     async def read(
         self, fn: Callable[Concatenate[UnitOfWork, P], Awaitable[R]], *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        async with UnitOfWork(self._db.reader, self.actor, audit_context(self.request, self.endpoint)) as uow:
+        async with UnitOfWork(
+            self._db.reader, self.actor, audit_context(self.request, self.endpoint), self.settings
+        ) as uow:
             return await fn(uow, *args, **kwargs)
 
     async def write(
         self, fn: Callable[Concatenate[UnitOfWork, P], Awaitable[R]], *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        async with UnitOfWork(self._db.writer, self.actor, audit_context(self.request, self.endpoint)) as uow:
+        async with UnitOfWork(
+            self._db.writer, self.actor, audit_context(self.request, self.endpoint), self.settings
+        ) as uow:
             return await fn(uow, *args, **kwargs)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from central.config import Settings
 from central.db.models import AuditEvent
 from central.domain.clock import utcnow
 from central.services.actor import SYSTEM_ACTOR, Actor
@@ -50,6 +51,8 @@ class UnitOfWork:
     sessionmaker: async_sessionmaker[AsyncSession]
     actor: Actor = SYSTEM_ACTOR
     ctx: AuditContext = field(default_factory=AuditContext)
+    # Behaviour switches some use cases read (e.g. outbound feedback on run completion); None = defaults.
+    settings: Settings | None = None
     session: AsyncSession = field(init=False)
     audited: bool = field(default=False, init=False)
 
