@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_DB_URL = "sqlite+aiosqlite:///./var/mes.db"
@@ -27,7 +27,17 @@ class Settings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535)
     # Largest accepted request body; bigger ones get 413 PAYLOAD_TOO_LARGE.
     http_max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # "disabled", "embedded" (an amqtt broker in this process on 127.0.0.1:mqtt_embedded_port) or
+    # "mqtt://user:password@host:port" (Mosquitto/EMQX in production; mqtts:// for TLS).
     mqtt_url: str = "disabled"
+    mqtt_embedded_port: int = Field(1884, ge=0, le=65535)
+    mqtt_topic_prefix: str = "mes"
+    # MQTT v5 shared subscription group: several central processes split the edges' batches between them.
+    mqtt_shared_group: str | None = None
+    mqtt_client_id: str | None = None
+    # A batch larger than this is refused unread (edge.md allows 256 KiB; the margin covers older agents).
+    mqtt_max_payload_bytes: int = Field(1024 * 1024, ge=1024)
+    mqtt_ca_file: str | None = None
     log_level: str = "INFO"
     session_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     secure_cookies: bool = False
@@ -40,6 +50,26 @@ class Settings(BaseSettings):
     seed_admin_password: SecretStr = SecretStr("ChangeMe123!")
     seed_test_password: SecretStr = SecretStr("Test123!")
     migrate_on_start: bool = True
+    # Run the background loops (outbound delivery, sync scheduler) in this process. They are safe to run in
+    # several processes at once; switch off to dedicate some processes to requests only.
+    run_workers: bool = True
+    # ERP/TPM pull sync (docs/integration.md); an unset base URL makes that sync answer 502.
+    erp_base_url: str | None = None
+    erp_api_key: SecretStr | None = None
+    tpm_base_url: str | None = None
+    tpm_api_key: SecretStr | None = None
+    sync_timeout_seconds: float = Field(30.0, gt=0)
+    # Seconds between scheduled pulls of every ERP/TPM entity; 0 = scheduler off (the default).
+    sync_interval_seconds: int = Field(0, ge=0)
+    # Outbound ERP completion feedback (domain.md §9 Push): enqueue + deliver only when enabled.
+    outbound_feedback_enabled: bool = False
+    outbound_erp_base_url: str | None = None
+    outbound_erp_path: str = "/api/mes/outbound/erp/feedback"
+    outbound_erp_api_key: SecretStr | None = None
+    outbound_max_attempts: int = Field(50, ge=1)
+    outbound_poll_seconds: float = Field(30.0, gt=0)  # domain.md §3: worker every 30 s, batch 50
+    outbound_backoff_base_seconds: float = Field(30.0, gt=0)  # retry at now + 30 s·2^(attempts−1)
+    outbound_backoff_max_seconds: float = Field(3600.0, gt=0)
 
     @field_validator("database_url")
     @classmethod
@@ -48,6 +78,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
         return v
 
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_url(cls, v: str) -> str:
+        if v in ("disabled", "embedded") or v.startswith(("mqtt://", "mqtts://")):
+            return v
+        raise ValueError('must be "disabled", "embedded", mqtt://user:pass@host:port or mqtts://…')
+
     @field_validator("log_level")
     @classmethod
     def _level(cls, v: str) -> str:
@@ -55,6 +92,14 @@ class Settings(BaseSettings):
         if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return v
+
+    @model_validator(mode="after")
+    def _outbound_target(self) -> Settings:
+        if self.outbound_feedback_enabled and not self.outbound_erp_base_url:
+            raise ValueError(
+                "outbound_feedback_enabled needs outbound_erp_base_url (MES_OUTBOUND_ERP_BASE_URL)"
+            )
+        return self
 
     @property
     def is_sqlite(self) -> bool:
@@ -104,5 +149,6 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         lines = []
         for err in exc.errors():
             field = ".".join(str(x) for x in err["loc"])
-            lines.append(f"  {field} (MES_{field.upper()}): {err['msg']}")
+            where = f"{field} (MES_{field.upper()}): " if field else ""
+            lines.append(f"  {where}{err['msg']}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -15,6 +16,10 @@ from central.api.request import make_handler
 from central.config import Settings
 from central.db.engine import Database, create_database
 from central.db.migrate import upgrade
+from central.integration.outbound_worker import run_outbound_worker
+from central.integration.scheduler import run_scheduler
+from central.mqtt.broker import EmbeddedBroker
+from central.mqtt.consumer import MqttConsumer
 from central.services import bootstrap
 from central.services.auth import AuthService
 
@@ -52,5 +57,39 @@ def create_app(
         if database is None:
             await db.dispose()
 
+    async def mqtt_ctx(app: web.Application) -> AsyncIterator[None]:
+        app[keys.MQTT] = None
+        if settings.mqtt_url == "disabled":
+            yield
+            return
+        broker = None
+        url = settings.mqtt_url
+        if url == "embedded":
+            broker = EmbeddedBroker(settings.mqtt_embedded_port)
+            await broker.start()
+            url = broker.url
+        app[keys.STATE]["mqttUrl"] = url
+        consumer = MqttConsumer(settings, app[keys.DB], app[keys.STATE], url)
+        await consumer.start()
+        app[keys.MQTT] = consumer
+        yield
+        await consumer.stop()
+        if broker is not None:
+            await broker.stop()
+
+    async def workers_ctx(app: web.Application) -> AsyncIterator[None]:
+        """Background loops; each returns at once when its feature is off (the defaults)."""
+        stop = asyncio.Event()
+        tasks = []
+        if settings.run_workers:
+            db = app[keys.DB]
+            tasks.append(asyncio.create_task(run_outbound_worker(db, settings, stop), name="outbound-worker"))
+            tasks.append(asyncio.create_task(run_scheduler(db, settings, stop), name="sync-scheduler"))
+        yield
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     app.cleanup_ctx.append(db_ctx)
+    app.cleanup_ctx.append(mqtt_ctx)
+    app.cleanup_ctx.append(workers_ctx)
     return app

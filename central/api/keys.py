@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from central.api.registry import Endpoint
     from central.config import Settings
     from central.db.engine import Database
+    from central.mqtt.consumer import MqttConsumer
     from central.services.auth import AuthService
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings")
@@ -19,6 +20,7 @@ DB: web.AppKey[Database] = web.AppKey("db")
 AUTH: web.AppKey[AuthService] = web.AppKey("auth")
 ENDPOINTS: web.AppKey[list[Endpoint]] = web.AppKey("endpoints")
 STATE: web.AppKey[dict[str, object]] = web.AppKey("state")
+MQTT: web.AppKey[MqttConsumer | None] = web.AppKey("mqtt")
 
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 ACTOR: web.RequestKey[Actor] = web.RequestKey("actor", Actor)

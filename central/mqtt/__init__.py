@@ -1,0 +1,1 @@
+"""MQTT transport of edge events (edge.md): the consumer, the batch applier, the embedded broker."""

@@ -47,6 +47,7 @@ from central.services import demo_plant as P
 from central.services.auth import create_api_key
 from central.services.bootstrap import ensure_preset_roles
 from central.services.compile import compile_routing
+from central.services.edges import upsert_edge
 from central.services.security import hash_secret
 from central.services.uow import UnitOfWork
 from central.services.users import machine_user
@@ -289,6 +290,8 @@ class _Seeder:
         )
         _row, key = await create_api_key(self.uow, name=P.EDGE_KEY_NAME, user_id=user_id)
         self.created["apiKeys"] += 1
+        # The same identity applies the edge's MQTT events (edge.md rule 8).
+        await upsert_edge(self.uow, P.EDGE_KEY_NAME, "LINE-B", user_id)
         return key
 
     async def business(self) -> None:

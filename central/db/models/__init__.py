@@ -22,7 +22,13 @@ from central.db.models.execution import (
     InspectionResultRecord,
     Track,
 )
-from central.db.models.integration import IntegrationMessage, IntegrationSyncCursor, MesEvent
+from central.db.models.integration import (
+    EdgeAgent,
+    EdgeEventReceipt,
+    IntegrationMessage,
+    IntegrationSyncCursor,
+    MesEvent,
+)
 from central.db.models.loading import FeederSlot, LoadingRecord, RunSlotExpectation, SlotMaterialMapping
 from central.db.models.materials import (
     BomItem,
@@ -87,6 +93,8 @@ __all__ = [
     "Defect",
     "DeviceDataRecord",
     "Disposition",
+    "EdgeAgent",
+    "EdgeEventReceipt",
     "ErpBomRaw",
     "ErpMaterialRaw",
     "ErpRouteHeaderRaw",

@@ -128,7 +128,7 @@ class InspectionResultRecord(IdMixin, TimestampMixin, Base):
     __tablename__ = "inspection_result_records"
 
     event_id: Mapped[str] = mapped_column(String(128), unique=True)
-    event_time: Mapped[datetime]
+    event_time: Mapped[datetime] = mapped_column(index=True)  # the list's time window
     run_id: Mapped[int | None] = mapped_column(
         fk_id(), ForeignKey("runs.id", ondelete="RESTRICT"), index=True
     )

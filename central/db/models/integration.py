@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from central.db.base import Base, IdMixin, TimestampMixin, fk_id
@@ -68,3 +68,41 @@ class MesEvent(IdMixin, TimestampMixin, Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     retention_until: Mapped[datetime | None] = mapped_column(index=True)  # 30 d; outbound 180 d
+
+
+class EdgeAgent(IdMixin, TimestampMixin, Base):
+    """A registered edge agent: its MQTT identity (topic edgeId) mapped to the machine user whose permissions
+    and audit name apply to its events, plus what it last reported (GET /integration/edges)."""
+
+    __tablename__ = "edge_agents"
+
+    edge_id: Mapped[str] = mapped_column(String(64), unique=True)
+    line_code: Mapped[str | None] = mapped_column(String(64))
+    user_id: Mapped[int] = mapped_column(fk_id(), ForeignKey("users.id", ondelete="RESTRICT"), index=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    state: Mapped[str] = mapped_column(String(16), default="UNKNOWN")  # ONLINE | OFFLINE | UNKNOWN
+    status: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the last status message, as sent
+    last_status_at: Mapped[datetime | None]
+    last_batch_id: Mapped[str | None] = mapped_column(String(128))
+    last_batch_at: Mapped[datetime | None]
+    events_accepted: Mapped[int] = mapped_column(BigInteger, default=0)
+    events_duplicate: Mapped[int] = mapped_column(BigInteger, default=0)
+    events_rejected: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EdgeEventReceipt(IdMixin, Base):
+    """An edge event central has applied, written in the event's own savepoint: a redelivered eventId finds
+    its receipt and is answered DUPLICATE with the first answer (edge.md delivery rule 3). Refused events
+    leave no receipt, so a fixed resend is evaluated again."""
+
+    __tablename__ = "edge_event_receipts"
+    __table_args__ = (UniqueConstraint("edge_id", "event_id"),)
+
+    edge_id: Mapped[str] = mapped_column(String(64))
+    event_id: Mapped[str] = mapped_column(String(128))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(32))
+    batch_id: Mapped[str] = mapped_column(String(128))
+    occurred_at: Mapped[datetime]
+    applied_at: Mapped[datetime] = mapped_column(index=True)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
