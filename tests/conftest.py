@@ -34,6 +34,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     used = ", ".join(sorted(_USED)) or "none"
     pg = "PostgreSQL" if services.postgres_available() else "no PostgreSQL (fallback: SQLite only)"
     terminalreporter.write_line(f"database backends used: {used}; {pg}")
+    from tests import brokers, shared_broker
+
+    shared = ", ".join(sorted(shared_broker.USED)) or "none"
+    terminalreporter.write_line(f"{brokers.summary_line()}; shared broker: {shared}")
 
 
 async def _pg_admin(sql: str) -> None:
