@@ -1,0 +1,1 @@
+"""The simulated automated line (edge.md "Simulators"): PLCs over Modbus TCP, testers over OPC UA."""
