@@ -73,6 +73,7 @@ class MqttConsumer:
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._client = client
         self.state["mqtt"] = "connecting"
@@ -97,9 +98,19 @@ class MqttConsumer:
         if reason.is_failure:
             log.warning("MQTT connection refused: %s", reason)
             return
-        client.subscribe(topics.events_subscription(self.prefix, self.settings.mqtt_shared_group), qos=1)
-        client.subscribe(topics.status_subscription(self.prefix), qos=1)
+        client.subscribe(
+            [
+                (topics.events_subscription(self.prefix, self.settings.mqtt_shared_group), 1),
+                (topics.status_subscription(self.prefix), 1),
+            ]
+        )
         log.info("MQTT connected to %s", _safe(self.url))
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, _mid: Any, reasons: Any, _p: Any = None) -> None:
+        # Ready only once the broker confirmed the subscriptions: a batch published before would be lost.
+        if any(getattr(r, "is_failure", False) for r in reasons):
+            log.error("MQTT subscription refused (check the broker ACL for central's user): %s", reasons)
+            return
         self._call(self._set_connected, True)
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
