@@ -5,6 +5,13 @@ A change is committed (its trigger's last value remembered and saved) only after
 events; when the sink refuses (outbox full) the same events are offered again later and the device is not
 read meanwhile: nothing is dropped, and a machine with a record buffer is caught up afterwards. EventIds are
 derived from the records, so offering or re-reading a record again yields the same ids (central dedupes).
+
+Catch-up in machine order. After a start the devices read back, each on its own, the records they made while
+the agent was away; a board's records at two stations would then reach the outbox (whose seq order central
+applies) in the order the devices happened to answer, and a later station's record could come first and be
+refused (STATION_MISMATCH). So the first events of every device are held until each device has made its first
+reading (or `catchup_limit` has passed, for a machine that does not answer), then stored together, ordered by
+the machines' times.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ log = logging.getLogger("edge.acquisition")
 Sink = Callable[[list[NewEvent]], Awaitable[bool]]
 Driver = ModbusDriver | OpcuaDriver
 MAX_WARNINGS = 200
+# How long the start-up catch-up waits for a device that does not answer before storing the others' records.
+CATCHUP_LIMIT = 15.0
 
 
 @dataclass
@@ -46,6 +55,7 @@ class _Device:
     pending_last: dict[str, Any] = field(default_factory=dict)
     pending_warnings: list[str] = field(default_factory=list)
     crashed: str | None = None
+    seen: set[str] = field(default_factory=set)  # signals read since the agent started
 
 
 class Acquisition:
@@ -58,6 +68,7 @@ class Acquisition:
         *,
         state_path: Path | None = None,
         retry_delay: float = 0.5,
+        catchup_limit: float = CATCHUP_LIMIT,
     ) -> None:
         devices: list[ModbusDevice | OpcuaDevice] = list(config.devices)
         rules: list[RuleConfig] = list(config.rules)
@@ -73,6 +84,11 @@ class Acquisition:
         self._dirty = False  # trigger values changed since the state file was last written
         self.events_out = 0
         self._running = False
+        self._catchup_limit = catchup_limit
+        self._catching_up = False
+        self._first_read: set[str] = set()
+        self._held: list[tuple[list[NewEvent], asyncio.Future[bool]]] = []
+        self._store_task: asyncio.Task[None] | None = None
         links: dict[tuple[str, int], ModbusLink] = {}
         self._devices: list[_Device] = []
         for d in devices:
@@ -96,9 +112,13 @@ class Acquisition:
     async def run(self, stop: asyncio.Event) -> None:
         """Acquire until `stop` is set; then close every connection."""
         self._running = True
+        self._catching_up, self._first_read, self._held = bool(self._devices), set(), []
+        for dev in self._devices:
+            dev.seen = set()
         tasks = [
             asyncio.create_task(self._supervise(dev), name=f"device {dev.config.id}") for dev in self._devices
         ]
+        tasks.append(asyncio.create_task(self._catchup_deadline(), name="catch-up deadline"))
         try:
             await stop.wait()
         finally:
@@ -109,6 +129,9 @@ class Acquisition:
                 for t in pending:
                     t.cancel()
                 _done, pending = await asyncio.wait(pending, timeout=0.5)
+            if self._store_task is not None:
+                # A merged catch-up being stored finishes first: the outbox closes after this returns.
+                await asyncio.gather(self._store_task, return_exceptions=True)
             for dev in self._devices:
                 with contextlib.suppress(Exception):
                     await dev.driver.close()
@@ -221,7 +244,11 @@ class Acquisition:
             # (the trigger's last value was not moved), and the re-read record gets the same eventIds.
             log.debug("device %s: record read failed (%s); will retry", dev.config.id, exc)
             return
+        if not isinstance(update, EventNotice):
+            dev.seen.update(update.values)
         if not events:
+            if dev.seen.issuperset(dev.watch):
+                self._read_once(dev)
             self._commit(dev, new_last, warnings)
             await self._save()
             return
@@ -246,7 +273,7 @@ class Acquisition:
         told = False
         while dev.pending:
             try:
-                ok = await self._sink(dev.pending)
+                ok = await self._store(dev, dev.pending)
             except Exception:
                 log.exception(
                     "device %s: the sink failed; %d event(s) kept, retrying", dev.config.id, len(dev.pending)
@@ -268,6 +295,55 @@ class Acquisition:
                 )
                 told = True
             await asyncio.sleep(self._retry_delay)
+
+    # --- start-up catch-up in machine order -------------------------------------------------------------
+
+    async def _store(self, dev: _Device, events: list[NewEvent]) -> bool:
+        if not self._catching_up:
+            return await self._sink(events)
+        # Held, not stored: the device's trigger state moves only once the merged events are in the outbox.
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._held.append((events, done))
+        self._read_once(dev)
+        return await done
+
+    def _read_once(self, dev: _Device) -> None:
+        """The device's first complete reading since the start is in (its catch-up events, if any, held)."""
+        if self._catching_up:
+            self._first_read.add(dev.config.id)
+            self._release_if_caught_up()
+
+    def _release_if_caught_up(self, force: bool = False) -> None:
+        if not self._catching_up or not (force or len(self._first_read) == len(self._devices)):
+            return
+        self._catching_up = False
+        held, self._held = self._held, []
+        if held:
+            self._store_task = asyncio.get_running_loop().create_task(
+                self._store_held(held), name="catch-up store"
+            )
+
+    async def _store_held(self, held: list[tuple[list[NewEvent], asyncio.Future[bool]]]) -> None:
+        # sorted() is stable: a device's own events keep their order where the machines' times are equal.
+        merged = sorted((e for events, _ in held for e in events), key=lambda e: e.occurred_at)
+        try:
+            ok: bool | BaseException = await self._sink(merged)
+        except Exception as exc:
+            ok = exc
+        for _, done in held:
+            if done.done():  # its device task was cancelled (the agent stops)
+                continue
+            if isinstance(ok, BaseException):
+                done.set_exception(ok)
+            else:
+                done.set_result(ok)
+
+    async def _catchup_deadline(self) -> None:
+        await asyncio.sleep(self._catchup_limit)
+        if self._catching_up:
+            missing = sorted(d.config.id for d in self._devices if d.config.id not in self._first_read)
+            log.warning("catch-up: no reading from %s yet; storing the other devices' records", missing)
+            self._release_if_caught_up(force=True)
 
     def _commit(self, dev: _Device, new_last: dict[str, Any], warnings: list[str]) -> None:
         self._last.update(new_last)

@@ -85,8 +85,11 @@ class Broker:
         kind: str | None = None,
         tls: Tls | None = None,
         users: list[User] | None = None,
+        acl_file: Path | None = None,
     ) -> None:
         self.kind = kind or default_kind()
+        if acl_file is not None and self.kind != "mosquitto":
+            raise RuntimeError("a topic ACL file is a Mosquitto feature")
         if self.kind == "mosquitto" and not mosquitto_available():
             raise RuntimeError(f"Mosquitto requested but not installed at {MOSQUITTO}")
         self.workdir = workdir
@@ -95,6 +98,7 @@ class Broker:
         self.port = free_port()
         self.tls = tls
         self.users = users or []
+        self.acl_file = acl_file
         self.starts = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -139,6 +143,8 @@ class Broker:
             lines += ["allow_anonymous false", f"password_file {pw}"]
         else:
             lines.append("allow_anonymous true")
+        if self.acl_file is not None:
+            lines.append(f"acl_file {self.acl_file}")
         if self.tls:
             lines += [f"cafile {self.tls.ca}", f"certfile {self.tls.cert}", f"keyfile {self.tls.key}"]
         path = self.workdir / "mosquitto.conf"
