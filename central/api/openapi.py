@@ -42,6 +42,14 @@ def build(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
     defs: dict[str, Any] = {"ErrorEnvelope": _error_schema()}
     paths: dict[str, dict[str, Any]] = {}
 
+    def merge(found: dict[str, Any]) -> None:
+        for name, js in found.items():
+            # Nested models are named by class name alone: two classes of one name would silently document
+            # one of them in place of the other.
+            if name in defs and defs[name] != js:
+                raise ValueError(f"two different schemas named {name!r}: rename one of the models")
+            defs[name] = js
+
     def schema_of(tp: Any, mode: str) -> dict[str, Any]:
         js = TypeAdapter(tp).json_schema(
             by_alias=True,
@@ -49,7 +57,7 @@ def build(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
             mode=mode,  # type: ignore[arg-type]
             schema_generator=GenerateJsonSchema,
         )
-        defs.update(js.pop("$defs", {}))
+        merge(js.pop("$defs", {}))
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             # Named models go to components so clients get one type per schema, not inlined copies.
             name = _NAME.sub("_", js.get("title", tp.__name__))
@@ -72,21 +80,28 @@ def build(endpoints: list[Endpoint], version: str) -> dict[str, Any]:
         if ep.query is not None:
             op["parameters"] += _query_params(ep.query)
             qs = ep.query.model_json_schema(by_alias=True, ref_template=REF)
-            defs.update(qs.get("$defs", {}))
+            merge(qs.get("$defs", {}))
         if ep.body is not None:
             op["requestBody"] = {
                 "required": not ep.body_optional,
                 "content": {"application/json": {"schema": schema_of(ep.body, "validation")}},
             }
         data = schema_of(ep.response, "serialization") if ep.response is not None else {}
-        envelope = {
-            "type": "object",
-            "required": ["ok", "data"],
-            "properties": {"ok": {"const": True}, "data": data},
-        }
+        if ep.media_type != "application/json":
+            body: dict[str, Any] = {"type": "string"}
+        elif not ep.enveloped:
+            body = data or {"type": "object"}
+        else:
+            body = {
+                "type": "object",
+                "required": ["ok", "data"],
+                "properties": {"ok": {"const": True}, "data": data},
+            }
+        success = {"description": "Success", "content": {ep.media_type: {"schema": body}}}
         err = {"application/json": {"schema": {"$ref": REF.format(model="ErrorEnvelope")}}}
         op["responses"] = {
-            str(ep.status): {"description": "Success", "content": {"application/json": {"schema": envelope}}},
+            str(ep.status): success,
+            **{str(s): success for s in ep.also_status},
             "4XX": {"description": "Refused (see code)", "content": err},
             "5XX": {"description": "Server error or database unavailable", "content": err},
         }

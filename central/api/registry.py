@@ -35,6 +35,10 @@ class Endpoint:
     )  # None: handler-built response
     body_optional: bool = False
     omit_none: bool = False  # drop null fields from the response (optional keys such as inspectionOverride)
+    # Handler-built responses other than the JSON envelope (the OpenAPI document, the HTML docs page).
+    media_type: str = "application/json"
+    enveloped: bool = True
+    also_status: tuple[int, ...] = ()  # other statuses answered with the success body (health: 503 degraded)
 
     @property
     def is_write(self) -> bool:
@@ -70,6 +74,9 @@ class Router:
         summary: str | None = None,
         response_model: Any = None,
         omit_none: bool = False,
+        media_type: str = "application/json",
+        enveloped: bool = True,
+        also_status: tuple[int, ...] = (),
     ) -> Callable[[Handler], Handler]:
         def deco(fn: Handler) -> Handler:
             hints = get_type_hints(fn)
@@ -102,6 +109,9 @@ class Router:
                 response_adapter=adapter,
                 body_optional=body_optional,
                 omit_none=omit_none,
+                media_type=media_type,
+                enveloped=enveloped,
+                also_status=also_status,
             )
             self.endpoints.append(ep)
             return fn

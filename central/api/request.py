@@ -13,6 +13,7 @@ from central.api import keys
 from central.api.registry import Endpoint
 from central.api.wire import ok
 from central.domain.errors import MesError, NotFound
+from central.schemas.base import parse_row_id
 from central.services.actor import Actor
 from central.services.uow import AuditContext, UnitOfWork
 
@@ -77,9 +78,10 @@ class Req:
 
     def path_int(self, name: str, code: str = "NOT_FOUND") -> int:
         raw = self.request.match_info[name]
-        if not raw.isdigit():
+        value = parse_row_id(raw)
+        if value is None:
             raise NotFound(code, f"{name} {raw!r} not found")
-        return int(raw)
+        return value
 
     async def read(
         self, fn: Callable[Concatenate[UnitOfWork, P], Awaitable[R]], *args: P.args, **kwargs: P.kwargs
@@ -103,12 +105,32 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         return {}
     try:
-        return orjson.loads(raw)
+        data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise RequestInvalid(
             [{"loc": ["body"], "msg": f"malformed JSON: {exc}", "type": "json_invalid"}],
             "Malformed JSON body",
         ) from exc
+    _refuse_nul(data, ["body"])
+    return data
+
+
+def _refuse_nul(value: Any, loc: list[Any]) -> None:
+    """NUL is valid JSON and URL text, but PostgreSQL refuses it in text and JSONB: refuse it here (422),
+    before it reaches a query, a row or the audit trail (where it would be a 500)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise RequestInvalid(
+                [{"loc": loc, "msg": "NUL characters are not allowed", "type": "string_nul"}],
+                "NUL characters are not allowed",
+            )
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_nul(k, [*loc, k.replace("\x00", "\\0")])
+            _refuse_nul(v, [*loc, k])
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _refuse_nul(v, [*loc, i])
 
 
 def _parse(model: type[BaseModel], data: Any, where: str) -> BaseModel:
@@ -129,8 +151,12 @@ def make_handler(ep: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamRe
                 kwargs["body"] = None
             else:
                 kwargs["body"] = _parse(ep.body, data, "body")
+        for name, raw in request.match_info.items():
+            _refuse_nul(raw, ["path", name])
         if ep.query is not None:
-            kwargs["query"] = _parse(ep.query, dict(request.query), "query")
+            query = dict(request.query)
+            _refuse_nul(query, ["query"])
+            kwargs["query"] = _parse(ep.query, query, "query")
         result = await ep.handler(Req(request, ep), **kwargs)
         if isinstance(result, web.StreamResponse):
             return result

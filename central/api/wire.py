@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -26,7 +27,12 @@ def _default(obj: Any) -> Any:
 
 
 def dumps(payload: Any) -> bytes:
-    return orjson.dumps(payload, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(payload, default=_default, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        # PostgreSQL hands JSONB numbers back exactly (1e29 comes back as a 30-digit int) and orjson stops at
+        # 64-bit integers; the standard library writes any integer.
+        return json.dumps(payload, default=_default, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def ok(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

@@ -6,11 +6,11 @@ from typing import Any
 
 from pydantic import AwareDatetime, Field
 
-from central.schemas.base import ListQuery, OutModel, UtcTime
+from central.schemas.base import ListQuery, OutModel, RowId, UtcTime
 
 
 class AuditQuery(ListQuery):
-    actor_id: int | None = None
+    actor_id: RowId | None = None
     entity_type: str | None = Field(None, max_length=40)
     entity_id: str | None = Field(None, max_length=64)
     action: str | None = Field(None, max_length=80)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import AwareDatetime, Field, SecretStr
 
-from central.schemas.base import CamelModel, OutModel, UtcTime
+from central.schemas.base import CamelModel, OutModel, RowId, UtcTime
 
 
 class SignInBody(CamelModel):
@@ -68,8 +68,8 @@ class UserCreate(CamelModel):
     password: SecretStr = Field(min_length=8, max_length=256)
     employee_no: str | None = Field(None, max_length=64)
     roles: list[str] = Field(default_factory=list, max_length=20)
-    line_ids: list[int] = Field(default_factory=list)
-    station_ids: list[int] = Field(default_factory=list)
+    line_ids: list[RowId] = Field(default_factory=list)
+    station_ids: list[RowId] = Field(default_factory=list)
 
 
 class UserUpdate(CamelModel):
@@ -78,13 +78,13 @@ class UserUpdate(CamelModel):
     is_active: bool | None = None
     employee_no: str | None = Field(None, max_length=64)
     roles: list[str] | None = Field(None, max_length=20)
-    line_ids: list[int] | None = None
-    station_ids: list[int] | None = None
+    line_ids: list[RowId] | None = None
+    station_ids: list[RowId] | None = None
 
 
 class ApiKeyCreate(CamelModel):
     name: str = Field(min_length=1, max_length=120)
-    user_id: int | None = None
+    user_id: RowId | None = None
     role: str | None = Field(None, max_length=64)
     expires_at: AwareDatetime | None = None
 

@@ -6,12 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, Field, model_validator
 
-from central.schemas.base import CamelModel, ListQuery, OutModel, UtcTime
+from central.schemas.base import CamelModel, ListQuery, OutModel, RowId, StepNo, UtcTime
 from central.schemas.consumables import EventId, Source
 
-# Row ids given by devices: positive and within BIGINT, so a wild number is a 422, never a database error.
-RowId = Annotated[int, Field(ge=1, le=2**63 - 1)]
-StepNo = Annotated[int, Field(ge=1, le=1_000_000)]
 RunNo = Annotated[str, Field(min_length=1, max_length=128)]
 UnitSn = Annotated[str, Field(min_length=1, max_length=128)]
 StationCode = Annotated[str, Field(min_length=1, max_length=64)]

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from central.schemas.base import CamelModel, ListQuery, OutModel, UtcTime
+from central.schemas.base import CamelModel, ListQuery, OutModel, RowId, UtcTime
 
 # ---- configuration: feeder slots ---------------------------------------------------------------------
 
@@ -57,10 +57,10 @@ class FeederSlotOut(OutModel):
 
 
 class SlotMappingCreate(CamelModel):
-    slot_id: int = Field(ge=1)
+    slot_id: RowId
     material_code: str = Field(min_length=1, max_length=64)
     product_code: str | None = Field(None, min_length=1, max_length=64)
-    routing_id: int | None = Field(None, ge=1)
+    routing_id: RowId | None = None
     routing_code: str | None = Field(None, min_length=1, max_length=64)
     priority: int = Field(1, ge=0, le=100_000)
     is_alternate: bool = False
@@ -71,7 +71,7 @@ class SlotMappingUpdate(CamelModel):
 
     material_code: str | None = Field(None, min_length=1, max_length=64)
     product_code: str | None = Field(None, min_length=1, max_length=64)
-    routing_id: int | None = Field(None, ge=1)
+    routing_id: RowId | None = None
     routing_code: str | None = Field(None, min_length=1, max_length=64)
     priority: int | None = Field(None, ge=0, le=100_000)
     is_alternate: bool | None = None
@@ -79,7 +79,7 @@ class SlotMappingUpdate(CamelModel):
 
 class SlotMappingQuery(ListQuery):
     page_size: int = Field(100, ge=1, le=500)
-    slot_id: int | None = Field(None, ge=1)
+    slot_id: RowId | None = None
     line_id: str | None = Field(None, max_length=64)  # id or line code
     material_code: str | None = Field(None, max_length=64)
     product_code: str | None = Field(None, max_length=64)

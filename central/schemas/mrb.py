@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from central.schemas.base import CamelModel, OutModel
+from central.schemas.base import CamelModel, OutModel, RowId
 from central.schemas.runs import RunOut
 
 ReworkType = Literal["REUSE_PREP", "FULL_PREP"]
@@ -24,7 +24,7 @@ class MrbDecisionBody(CamelModel):
 class ReworkBody(CamelModel):
     # Optional in the schema so the documented codes answer (MRB_DECISION_REQUIRED, REWORK_TYPE_REQUIRED).
     rework_type: ReworkType | None = None
-    mrb_decision_id: int | None = None
+    mrb_decision_id: RowId | None = None
     fai_waiver: bool | None = None
     waiver_reason: str | None = Field(None, max_length=2000)
 

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from central.schemas.base import CamelModel, ListQuery, OutModel, UtcTime
+from central.schemas.base import CamelModel, ListQuery, OutModel, RowId, UtcTime
 from central.schemas.fai import FaiComplete, FaiItemCreate, FaiItemUpdate, FaiSign, ItemResult
 
 SamplingType = Literal["PERCENTAGE", "FIXED"]
@@ -41,9 +41,9 @@ class SamplingRuleCreate(CamelModel):
 
     product_code: str | None = Field(None, min_length=1, max_length=64)
     line_code: str | None = Field(None, min_length=1, max_length=64)
-    line_id: int | None = None
+    line_id: RowId | None = None
     routing_code: str | None = Field(None, min_length=1, max_length=128)
-    routing_id: int | None = None
+    routing_id: RowId | None = None
     sampling_type: SamplingType
     sample_value: float = Field(allow_inf_nan=False)
     priority: int = Field(0, ge=-1_000_000, le=1_000_000)
@@ -60,9 +60,9 @@ class SamplingRuleUpdate(CamelModel):
 
     product_code: str | None = Field(None, min_length=1, max_length=64)
     line_code: str | None = Field(None, min_length=1, max_length=64)
-    line_id: int | None = None
+    line_id: RowId | None = None
     routing_code: str | None = Field(None, min_length=1, max_length=128)
-    routing_id: int | None = None
+    routing_id: RowId | None = None
     sampling_type: SamplingType | None = None
     sample_value: float | None = Field(None, allow_inf_nan=False)
     priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)

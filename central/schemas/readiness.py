@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, Field
 
-from central.schemas.base import CamelModel
+from central.schemas.base import MAX_PAGE, CamelModel
 
 ItemType = Literal["EQUIPMENT", "MATERIAL", "ROUTE", "STENCIL", "SOLDER_PASTE", "LOADING"]
 
@@ -24,7 +24,7 @@ class ExceptionsQuery(CamelModel):
     status: str | None = Field(None, max_length=100)
     from_: AwareDatetime | None = Field(None, alias="from")
     to: AwareDatetime | None = None
-    page: int = Field(1, ge=1)
+    page: int = Field(1, ge=1, le=MAX_PAGE)
     limit: int = Field(20, ge=1, le=100)
 
 

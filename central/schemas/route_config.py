@@ -6,13 +6,13 @@ from typing import Any
 
 from pydantic import AliasChoices, Field
 
-from central.schemas.base import CamelModel, OutModel, UtcTime
+from central.schemas.base import CamelModel, OutModel, RowId, StepNo, UtcTime
 
 
 class ExecutionConfigIn(CamelModel):
     # scopeType stays a string here: a wrong value is the business refusal SCOPE_TYPE_INVALID (400).
     scope_type: str = Field("ROUTE", max_length=16)
-    step_no: int | None = Field(None, ge=1)
+    step_no: StepNo | None = None
     station_type: str | None = Field(None, pattern="^(MANUAL|AUTO|BATCH|TEST)$")
     station_group_code: str | None = Field(None, max_length=64)
     allowed_station_codes: list[str] | None = Field(None, max_length=200)
@@ -21,7 +21,7 @@ class ExecutionConfigIn(CamelModel):
         None, validation_alias=AliasChoices("requiresFai", "requiresFAI", "requires_fai")
     )
     requires_authorization: bool | None = None
-    data_spec_ids: list[int] | None = Field(None, max_length=200)
+    data_spec_ids: list[RowId] | None = Field(None, max_length=200)
     ingest_mapping: dict[str, Any] | None = None
 
 
@@ -56,4 +56,4 @@ class RouteVersionOut(OutModel):
 
 
 class FaiTemplateBinding(CamelModel):
-    fai_template_id: int | None
+    fai_template_id: RowId | None

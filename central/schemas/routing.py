@@ -205,7 +205,7 @@ class FaiTemplateQuery(ListQuery):
     is_active: bool | None = None
 
 
-class FaiItemOut(OutModel):
+class FaiTemplateItemOut(OutModel):
     id: int
     seq: int
     item_name: str
@@ -221,6 +221,6 @@ class FaiTemplateOut(OutModel):
     process_type: str | None
     version: str | None
     is_active: bool
-    items: list[FaiItemOut]
+    items: list[FaiTemplateItemOut]
     created_at: UtcTime
     updated_at: UtcTime

@@ -39,7 +39,7 @@ class MockQuery(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
     since: AwareDatetime | None = None
-    start_row: int = Field(0, ge=0)
+    start_row: int = Field(0, ge=0, le=10_000_000)
     limit: int = Field(200, ge=1, le=PAGE_LIMIT_MAX)
 
 

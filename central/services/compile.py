@@ -28,6 +28,7 @@ from central.domain.compile import (
     compile_route,
 )
 from central.domain.errors import Conflict, NotFound, Rejected
+from central.schemas.base import parse_row_id
 from central.services.uow import UnitOfWork
 
 
@@ -36,8 +37,8 @@ def _int_ids(values: list[Any] | None) -> set[int]:
     for v in values or []:
         if isinstance(v, int) and not isinstance(v, bool):
             out.add(v)
-        elif isinstance(v, str) and v.strip().isdigit():
-            out.add(int(v))
+        elif isinstance(v, str) and (n := parse_row_id(v.strip())) is not None:
+            out.add(n)
     return out
 
 

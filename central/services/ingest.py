@@ -9,6 +9,7 @@ event) call it alike.
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import datetime
 from typing import Any
 
@@ -180,6 +181,7 @@ def _mapping(version: ExecutableRouteVersion, event_type: str, canonical: bool) 
 
 Typed = EquipmentEventIn | TestResultIn | BatchEventIn
 DEFAULT_SOURCES = {"AUTO": "EQUIPMENT", "TEST": "TESTER", "BATCH": "BATCH"}
+_PRINTABLE = re.compile(r"[\x21-\x7E][\x20-\x7E]*")
 
 
 async def ingest_typed(uow: UnitOfWork, event_type: str, body: Typed) -> dict[str, Any]:
@@ -216,7 +218,11 @@ def to_generic(event_type: str, body: Typed) -> IngestEventIn:
 def _derived_key(event_type: str, body: Typed) -> str:
     """TEST: the tester's record id. Otherwise a digest of the content: an identical resend is a duplicate."""
     if isinstance(body, TestResultIn) and body.test_result_id:
-        return f"test:{body.test_result_id}"
+        key = f"test:{body.test_result_id}"
+        # The record id is free text; a key must be printable ASCII, so any other id is keyed by its digest.
+        if _PRINTABLE.fullmatch(key):
+            return key
+        return f"test:sha256:{hashlib.sha256(body.test_result_id.encode()).hexdigest()}"
     content = orjson.dumps(
         body.model_dump(mode="json", by_alias=True, exclude_none=True), option=orjson.OPT_SORT_KEYS
     )

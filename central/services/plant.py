@@ -21,6 +21,7 @@ from central.db.models import (
 from central.domain.errors import Conflict, NotFound, Rejected
 from central.domain.permissions import DataScope
 from central.domain.states import RUN_TERMINAL
+from central.schemas.base import parse_row_id
 from central.schemas.plant import (
     LineCreate,
     LineQuery,
@@ -84,7 +85,8 @@ def _line_view(line: Line) -> dict[str, Any]:
 
 async def get_line_row(uow: UnitOfWork, key: str) -> Line:
     """A line by numeric id or by code (`/lines/7` and `/lines/LINE-A` both work)."""
-    line = await uow.session.get(Line, int(key)) if key.isdigit() else None
+    line_id = parse_row_id(key)
+    line = await uow.session.get(Line, line_id) if line_id is not None else None
     if line is None:
         line = await uow.session.scalar(select(Line).where(Line.code == key))
     if line is None:

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from central.db.models import Line, ReadinessCheck, ReadinessCheckItem, Run, Station, WorkOrder
 from central.domain.clock import iso, utcnow
 from central.domain.errors import NotFound, Rejected
+from central.schemas.base import parse_row_id
 from central.schemas.readiness import ExceptionsQuery, ReadinessConfig, WaiveBody
 from central.services import readiness_eval
 from central.services.plant import get_line_row
@@ -248,7 +249,8 @@ async def exceptions(uow: UnitOfWork, q: ExceptionsQuery) -> dict[str, Any]:
     if statuses:
         stmt = stmt.where(ReadinessCheck.status.in_(statuses))
     if q.line_id:
-        stmt = stmt.where(Line.id == int(q.line_id) if q.line_id.isdigit() else Line.code == q.line_id)
+        line_id = parse_row_id(q.line_id)
+        stmt = stmt.where(Line.id == line_id if line_id is not None else Line.code == q.line_id)
     if q.from_:
         stmt = stmt.where(ReadinessCheck.checked_at >= q.from_)
     if q.to:

@@ -18,7 +18,7 @@ from central.services import health
 router = Router(tag="system", entity_type="SYSTEM_CONFIG")
 
 
-@router.get("/health", public=True)
+@router.get("/health", public=True, also_status=(503,))
 async def get_health(rq: Req) -> web.Response:
     """Liveness and dependencies: database and MQTT."""
     db = await health.database_ok(rq.request.app[keys.DB])
@@ -41,13 +41,13 @@ def _document(app: web.Application) -> dict[str, Any]:
     return state["openapi"]  # type: ignore[return-value]
 
 
-@router.get("/openapi.json", public=True)
+@router.get("/openapi.json", public=True, enveloped=False)
 async def get_openapi(rq: Req) -> web.Response:
     """The OpenAPI 3.1 document of this server."""
     return web.Response(body=dumps(_document(rq.request.app)), content_type="application/json")
 
 
-@router.get("/docs", public=True)
+@router.get("/docs", public=True, media_type="text/html")
 async def get_docs(rq: Req) -> web.Response:
     """A self-contained HTML page listing every operation (works offline, no CDN)."""
     doc = _document(rq.request.app)
