@@ -35,7 +35,10 @@ def _aware_utc(v: datetime) -> datetime:
     # Machines' clocks are the track time (used verbatim): a naive time would be ambiguous, so refuse it.
     if v.tzinfo is None:
         raise ValueError("must carry a timezone (UTC, e.g. 2026-01-01T08:00:00.000Z)")
-    return v.astimezone(UTC)
+    try:
+        return v.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00; a ValueError makes it a validation error
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 AwareTime = Annotated[datetime, AfterValidator(_aware_utc)]
@@ -52,7 +55,7 @@ class WireModel(BaseModel):
 
 class EdgeEvent(WireModel):
     event_id: str = Field(min_length=1, max_length=128)
-    seq: int = Field(ge=1)
+    seq: int = Field(ge=1, le=2**63 - 1)  # stored as BIGINT
     kind: EventKind
     occurred_at: AwareTime
     station_code: str | None = Field(default=None, max_length=64)

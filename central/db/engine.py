@@ -6,9 +6,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.util import await_only
+
+# PostgreSQL over a network that may go silent (pulled cable, dead host): without client-side limits a request
+# waits for the kernel's TCP timeout (~15 min) instead of answering 503 (quality-bars.md R3). A URL query
+# (`?timeout=…&command_timeout=…`) overrides these defaults.
+PG_CONNECT_TIMEOUT_S = 5.0  # opening a connection, authentication included
+# Any one statement. Far above what the product's statements take, but a bound: an in-flight query whose
+# server vanished fails (503 / MQTT RETRY) instead of holding its request or the edge's worker forever.
+PG_COMMAND_TIMEOUT_S = 60.0
+PG_PING_TIMEOUT_S = 2.0  # the checkout ping: an idle server answers it in milliseconds
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,23 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _pg_setup(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine.pool, "checkout")
+    def _ping(_dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        # SQLAlchemy's pool_pre_ping, with a time limit it lacks: its ping waits as long as the statement
+        # timeout. A closed connection (server restarted) is replaced transparently; one that does not answer
+        # is dropped and the request fails at once (TimeoutError → 503) rather than waiting to reconnect.
+        conn = record.driver_connection
+        try:
+            await_only(conn.fetchrow(";", timeout=PG_PING_TIMEOUT_S))
+        except TimeoutError:
+            # Aborted here: the pool's invalidation would first wait 2 s more for a polite close.
+            conn.terminate()
+            raise
+        except Exception as err:
+            raise exc.DisconnectionError(f"pooled connection unusable: {type(err).__name__}") from err
+
+
 def create_database(url: str, *, pool_size: int = 10, echo: bool = False) -> Database:
     parsed = make_url(url)
     kwargs: dict[str, Any] = {"echo": echo}
@@ -56,15 +83,20 @@ def create_database(url: str, *, pool_size: int = 10, echo: bool = False) -> Dat
         kwargs["pool_size"] = max(pool_size, 2)
         kwargs["connect_args"] = {"timeout": 30}
     else:
-        # A server restart or failover leaves dead pooled connections; ping on checkout replaces them.
-        kwargs["pool_pre_ping"] = True
+        # A server restart or failover leaves dead pooled connections; `_pg_setup` pings them on checkout.
         kwargs["pool_size"] = pool_size
         kwargs["max_overflow"] = pool_size
+        query = parsed.query
+        kwargs["connect_args"] = {
+            "timeout": float(query.get("timeout", PG_CONNECT_TIMEOUT_S)),  # type: ignore[arg-type]
+            "command_timeout": float(query.get("command_timeout", PG_COMMAND_TIMEOUT_S)),  # type: ignore[arg-type]
+        }
     engine = create_async_engine(url, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         _sqlite_setup(engine)
         writer_bind = engine.execution_options(sqlite_begin="IMMEDIATE")
     else:
+        _pg_setup(engine)
         writer_bind = engine
     return Database(
         engine=engine,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 import uuid
+from collections import Counter
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -33,6 +35,7 @@ from shared.events import Ack, AckResult, EdgeStatus, EventBatch
 log = logging.getLogger("central.mqtt")
 
 QUEUE_LIMIT = 1000  # per edge; an edge has one batch in flight, so only a flood fills it
+MAX_NESTING = 64  # JSON levels in a batch; the edge's own batches use fewer than ten
 
 
 class MqttConsumer:
@@ -171,6 +174,16 @@ class MqttConsumer:
             log.exception("batch %s of edge %s failed unexpectedly; answering RETRY", batch.batch_id, edge_id)
             ack = self._retry_all(batch, "INTERNAL_ERROR")
         self._publish_ack(edge_id, ack)
+        # One line per batch, naming this process: with several central processes on one shared subscription
+        # it says which of them applied what (and that the load is spread).
+        counts = Counter(r.status for r in ack.results)
+        log.info(
+            "batch %s of edge %s: %s (pid %d)",
+            batch.batch_id,
+            edge_id,
+            ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no events",
+            os.getpid(),
+        )
         return ack
 
     def _retry_all(self, batch: EventBatch, code: str) -> Ack:
@@ -187,6 +200,10 @@ class MqttConsumer:
             raw = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
             return await self._refuse(edge_id, "MALFORMED_JSON", str(exc), None)
+        odd = _odd_shape(raw)
+        if odd is not None:
+            # Not stored: such a document cannot be written back as JSON (PostgreSQL, orjson) or read out.
+            return await self._refuse(edge_id, "BATCH_INVALID", odd, None)
         try:
             batch = EventBatch.model_validate(raw)
         except ValidationError as exc:
@@ -198,6 +215,10 @@ class MqttConsumer:
         return batch
 
     async def _refuse(self, edge_id: str, code: str, detail: str, raw: Any) -> None:
+        # One row per refused batch, not an aggregate, so every malformed payload is accounted for (R5). That
+        # cannot fill the database any faster than valid traffic could: only a holder of that topic's edge
+        # broker credentials can publish there (per-edge users and ACL, S3), each row is bounded (payload kept
+        # only up to 64 KiB, error 1000 characters), and a flood beyond QUEUE_LIMIT is dropped before this.
         self.stats["refused"] += 1
         log.warning("refused a batch from edge %s: %s (%s)", edge_id, code, detail[:300])
         payload = raw if isinstance(raw, dict) and len(orjson.dumps(raw)) <= 64 * 1024 else None
@@ -208,7 +229,7 @@ class MqttConsumer:
                         direction="IN",
                         system="EDGE",
                         entity_type="EDGE_BATCH",
-                        business_key=edge_id,
+                        business_key=edge_id[:255],  # a topic level may be longer than the column
                         status="FAILED",
                         payload=payload,
                         error=f"{code}: {detail[:1000]}",
@@ -233,6 +254,9 @@ class MqttConsumer:
             edge_id, payload = await self._status_q.get()
             try:
                 await self.handle_status(edge_id, payload)
+            except (DBAPIError, OSError, TimeoutError) as exc:
+                # The database is away (R3): expected, and the edge publishes its status again in seconds.
+                log.warning("status of edge %s not recorded (%s)", edge_id, type(exc).__name__)
             except Exception:
                 log.exception("could not record the status of edge %s", edge_id)
 
@@ -253,6 +277,30 @@ class MqttConsumer:
         if not res.rowcount:  # type: ignore[attr-defined]
             log.info("status of unregistered edge %s ignored", edge_id)
         return bool(res.rowcount)  # type: ignore[attr-defined]
+
+
+def _odd_shape(raw: Any) -> str | None:
+    """Why a parsed batch cannot be handled even if it fits the schema, or None.
+
+    Deep nesting passes `payload: dict[str, Any]` but breaks writing the event back out (orjson and pydantic
+    stop at 255 levels, json at the recursion limit): the batch would fail on every resend. A NUL character is
+    valid JSON but PostgreSQL refuses it in text and JSONB, which would look like a database outage (RETRY
+    forever).
+    """
+    stack: list[tuple[Any, int]] = [(raw, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "contains a NUL character (\\u0000)"
+        elif isinstance(value, dict | list):
+            if depth > MAX_NESTING:
+                return f"nested deeper than {MAX_NESTING} levels"
+            if isinstance(value, dict):
+                stack.extend((k, depth) for k in value)
+                value = value.values()
+            stack.extend((v, depth + 1) for v in value)
+    return None
 
 
 def _put(q: asyncio.Queue[Any], item: Any, what: str, edge_id: str) -> None:
