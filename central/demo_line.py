@@ -160,9 +160,13 @@ async def prepare_line_b_run(
         )
         run_no: str = run["runNo"]
         # PLC registers hold 32 characters of SN: a short prefix rather than the long run number.
-        body = {"quantity": boards, "snPrefix": sn_prefix or f"SN-DEMO-B{wo_no.rsplit('-', 1)[1]}-"}
-        generated = await _call(http, "post", f"runs/{run_no}/generate-units", json=body)
-        sns = [u["sn"] for u in generated["units"]]
+        prefix = sn_prefix or f"SN-DEMO-B{wo_no.rsplit('-', 1)[1]}-"
+        sns: list[str] = []
+        # At most 10,000 units per request; further requests continue the numbering.
+        for start in range(0, boards, 10_000):
+            body = {"quantity": min(10_000, boards - start), "snPrefix": prefix}
+            generated = await _call(http, "post", f"runs/{run_no}/generate-units", json=body)
+            sns += [u["sn"] for u in generated["units"]]
     async with _session(base_url) as http:
         await _sign_in(http, *QUALITY)
         check = await _call(http, "post", f"runs/{run_no}/readiness/check", json={})
@@ -183,11 +187,18 @@ def line_b_sim_config(
     takt: float,
     boards: int,
     lot_size: int | None = None,
+    buffer: int | None = None,
 ) -> SimLineConfig:
-    """The shipped simulated LINE-B on free ports, making `boards` boards with these SNs at this takt."""
+    """The shipped simulated LINE-B on free ports, making `boards` boards with these SNs at this takt
+    (`buffer`: records each machine keeps, instead of the shipped 32/64)."""
     base = load_sim_config(SIM_EXAMPLE).model_dump(by_alias=True, exclude_none=True, mode="json")
     stations = [
-        {**s, "port": 0, **({"lot_size": lot_size} if lot_size and s["kind"] == "reflow" else {})}
+        {
+            **s,
+            "port": 0,
+            **({"lot_size": lot_size} if lot_size and s["kind"] == "reflow" else {}),
+            **({"buffer": buffer} if buffer else {}),
+        }
         for s in base["stations"]
     ]
     config = {**base, "takt": takt, "boards": boards, "sn": {"list": sns}, "ground_truth": str(ground_truth)}

@@ -12,6 +12,13 @@ applies) in the order the devices happened to answer, and a later station's reco
 refused (STATION_MISMATCH). So the first events of every device are held until each device has made its first
 reading (or `catchup_limit` has passed, for a machine that does not answer), then stored together, ordered by
 the machines' times.
+
+Live reordering. The same race exists while running: the devices answer with different delays (a poll, an
+OPC UA publishing interval), so a board's record at a later station can be read a moment before its record
+at the earlier station. The first record read opens a window of `reorder_window` seconds; every record read
+meanwhile joins it, and the window's records are stored together in the machines' time order. A device whose
+records wait in a window is not read meanwhile (its trigger state moves only once they are stored, so a crash
+loses nothing); its record buffer covers the pause.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ Driver = ModbusDriver | OpcuaDriver
 MAX_WARNINGS = 200
 # How long the start-up catch-up waits for a device that does not answer before storing the others' records.
 CATCHUP_LIMIT = 15.0
+# Buffered records of an OPC UA device read in one request when catching up.
+RECORDS_PER_READ = 50
 
 
 @dataclass
@@ -69,6 +78,7 @@ class Acquisition:
         state_path: Path | None = None,
         retry_delay: float = 0.5,
         catchup_limit: float = CATCHUP_LIMIT,
+        reorder_window: float = 0.0,
     ) -> None:
         devices: list[ModbusDevice | OpcuaDevice] = list(config.devices)
         rules: list[RuleConfig] = list(config.rules)
@@ -89,6 +99,8 @@ class Acquisition:
         self._first_read: set[str] = set()
         self._held: list[tuple[list[NewEvent], asyncio.Future[bool]]] = []
         self._store_task: asyncio.Task[None] | None = None
+        self._window = reorder_window
+        self._window_task: asyncio.Task[None] | None = None
         links: dict[tuple[str, int], ModbusLink] = {}
         self._devices: list[_Device] = []
         for d in devices:
@@ -129,9 +141,10 @@ class Acquisition:
                 for t in pending:
                     t.cancel()
                 _done, pending = await asyncio.wait(pending, timeout=0.5)
-            if self._store_task is not None:
-                # A merged catch-up being stored finishes first: the outbox closes after this returns.
-                await asyncio.gather(self._store_task, return_exceptions=True)
+            for store in (self._store_task, self._window_task):
+                if store is not None:
+                    # Merged events being stored finish first: the outbox closes after this returns.
+                    await asyncio.gather(store, return_exceptions=True)
             for dev in self._devices:
                 with contextlib.suppress(Exception):
                     await dev.driver.close()
@@ -234,8 +247,12 @@ class Acquisition:
                     if det.last != self._last.get(key):
                         new_last[key] = det.last
                 warnings += det.warnings
+                prefetched = await self._records(dev, rule, det.keys) if det.from_buffer else {}
                 for k in det.keys:
-                    values = await self._record(dev, rule, k if det.from_buffer else None, base)
+                    if k in prefetched:
+                        values = {**base, **prefetched[k]}
+                    else:
+                        values = await self._record(dev, rule, k if det.from_buffer else None, base)
                     built = build_events(rule, dev.config.id, k, values, observed)
                     events += built.events
                     warnings += built.warnings
@@ -254,6 +271,19 @@ class Acquisition:
             return
         dev.pending, dev.pending_last, dev.pending_warnings = events, new_last, warnings
         await self._flush(dev)
+
+    async def _records(self, dev: _Device, rule: RuleConfig, keys: list[int]) -> dict[int, dict[str, Any]]:
+        """Several buffered records of an OPC UA device, read together (RECORDS_PER_READ per request)."""
+        buf = rule.record_buffer
+        if not isinstance(dev.driver, OpcuaDriver) or buf is None or len(keys) < 2:
+            return {}
+        names = rule.record_signals()
+        out: dict[int, dict[str, Any]] = {}
+        for i in range(0, len(keys), RECORDS_PER_READ):
+            chunk = keys[i : i + RECORDS_PER_READ]
+            readings = await dev.driver.read_slots(names, [k % buf.size for k in chunk])
+            out.update({k: r.values for k, r in zip(chunk, readings, strict=True)})
+        return out
 
     async def _record(
         self, dev: _Device, rule: RuleConfig, counter: int | None, base: dict[str, Any]
@@ -299,13 +329,26 @@ class Acquisition:
     # --- start-up catch-up in machine order -------------------------------------------------------------
 
     async def _store(self, dev: _Device, events: list[NewEvent]) -> bool:
-        if not self._catching_up:
+        if not self._catching_up and self._window <= 0:
             return await self._sink(events)
         # Held, not stored: the device's trigger state moves only once the merged events are in the outbox.
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._held.append((events, done))
-        self._read_once(dev)
+        if self._catching_up:
+            self._read_once(dev)
+        elif self._window_task is None:
+            self._window_task = asyncio.get_running_loop().create_task(self._close_window(), name="reorder")
         return await done
+
+    async def _close_window(self) -> None:
+        try:
+            await asyncio.sleep(self._window)
+        finally:
+            # Taken at once (even when stopping), so nothing joins a window that is being stored.
+            held, self._held = self._held, []
+            self._window_task = None
+        if held:
+            await self._store_held(held)
 
     def _read_once(self, dev: _Device) -> None:
         """The device's first complete reading since the start is in (its catch-up events, if any, held)."""

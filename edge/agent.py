@@ -46,7 +46,12 @@ def _acquisition(cfg: EdgeConfig, sink: Sink) -> DeviceSide:
     from edge.acquisition import Acquisition
 
     # The devices' last trigger values live beside the outbox, so a restart catches up instead of re-reading.
-    return Acquisition(cfg, sink, state_path=cfg.outbox.path.parent / f"{cfg.edge_id}.acquisition.json")
+    return Acquisition(
+        cfg,
+        sink,
+        state_path=cfg.outbox.path.parent / f"{cfg.edge_id}.acquisition.json",
+        reorder_window=cfg.acquisition.reorder_window,
+    )
 
 
 class Agent:

@@ -162,6 +162,18 @@ class ForwarderConfig(_Strict):
         return self
 
 
+class AcquisitionConfig(_Strict):
+    """How device records become outbox events."""
+
+    # Devices answer with different delays (a Modbus poll, an OPC UA publishing interval), so a board's record
+    # at a later station can be read before its record at the earlier one; central would refuse it. Records
+    # read within this window are stored together in the machines' time order. Keep it ≥ 2× the slowest
+    # device's poll/publishing interval and below the machines' cycle. 0 (the default: at a real line's takt
+    # of seconds the race needs a skew of a whole takt; central holds early events anyway, see
+    # central/mqtt/parked.py) stores each reading at once, adding no latency.
+    reorder_window: float = Field(default=0.0, ge=0, le=10, description="seconds records are merged in")
+
+
 class EdgeConfig(_Strict):
     """One edge agent = one line: identity, outbox, broker, forwarder, devices and rules."""
 
@@ -171,6 +183,7 @@ class EdgeConfig(_Strict):
     outbox: OutboxConfig
     mqtt: MqttConfig
     forwarder: ForwarderConfig = ForwarderConfig()
+    acquisition: AcquisitionConfig = AcquisitionConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=list)
 

@@ -24,6 +24,7 @@ from central.db.engine import Database
 from central.db.models import EdgeAgent, EdgeEventReceipt, IntegrationMessage
 from central.domain.clock import utcnow
 from central.domain.errors import MesError
+from central.mqtt import parked
 from central.mqtt.dispatch import HANDLERS
 from central.services.actor import Actor
 from central.services.auth import load_actor
@@ -103,6 +104,11 @@ class Applier:
                     counts[res.status] += 1
                     if res.status != "REJECTED":
                         known.add(ev.event_id)
+            if counts["ACCEPTED"]:
+                # Something moved: events that waited for their unit may fit now.
+                await parked.retry_waiting(
+                    uow, batch.edge_id, lambda u, e: _apply_waiting(u, batch.edge_id, e)
+                )
             await uow.session.execute(
                 update(EdgeAgent)
                 .where(EdgeAgent.edge_id == batch.edge_id)
@@ -151,18 +157,7 @@ async def _apply_one(uow: UnitOfWork, batch: EventBatch, ev: EdgeEvent) -> AckRe
         async with s.begin_nested():
             uow.actor.require(*perms)
             applied = await handler(uow, batch.edge_id, ev)
-            s.add(
-                EdgeEventReceipt(
-                    edge_id=batch.edge_id,
-                    event_id=ev.event_id,
-                    seq=ev.seq,
-                    kind=ev.kind,
-                    batch_id=batch.batch_id,
-                    occurred_at=ev.occurred_at,
-                    applied_at=utcnow(),
-                    result=_jsonable(applied.result),
-                )
-            )
+            s.add(_receipt(batch, ev, _jsonable(applied.result)))
             await s.flush()
     except IntegrityError:
         # Another central process applied the same eventId first (its receipt won the unique index).
@@ -170,6 +165,13 @@ async def _apply_one(uow: UnitOfWork, batch: EventBatch, ev: EdgeEvent) -> AckRe
     except MesError as exc:
         if exc.status >= 500 or exc.code in RETRYABLE_CODES:
             return AckResult(event_id=ev.event_id, status="RETRY", code=exc.code, message=exc.message)
+        if parked.may_wait(ev, exc.code):
+            # Its unit has not reached the step yet: held here until it does (central/mqtt/parked.py).
+            parked.park(uow, batch.edge_id, batch.batch_id, ev, exc.code, exc.message)
+            s.add(_receipt(batch, ev, {"waiting": exc.code}))
+            return AckResult(
+                event_id=ev.event_id, status="ACCEPTED", code=parked.WAITING, message=exc.message
+            )
         _log_refusal(uow, batch, ev, exc.code, exc.message)
         return AckResult(event_id=ev.event_id, status="REJECTED", code=exc.code, message=exc.message)
     except ValidationError as exc:
@@ -177,6 +179,25 @@ async def _apply_one(uow: UnitOfWork, batch: EventBatch, ev: EdgeEvent) -> AckRe
         _log_refusal(uow, batch, ev, "VALIDATION_FAILED", detail)
         return AckResult(event_id=ev.event_id, status="REJECTED", code="VALIDATION_FAILED", message=detail)
     return AckResult(event_id=ev.event_id, status="DUPLICATE" if applied.duplicate else "ACCEPTED")
+
+
+def _receipt(batch: EventBatch, ev: EdgeEvent, result: Any) -> EdgeEventReceipt:
+    return EdgeEventReceipt(
+        edge_id=batch.edge_id,
+        event_id=ev.event_id,
+        seq=ev.seq,
+        kind=ev.kind,
+        batch_id=batch.batch_id,
+        occurred_at=ev.occurred_at,
+        applied_at=utcnow(),
+        result=result,
+    )
+
+
+async def _apply_waiting(uow: UnitOfWork, edge_id: str, ev: EdgeEvent) -> None:
+    perms, handler = HANDLERS[ev.kind]
+    uow.actor.require(*perms)
+    await handler(uow, edge_id, ev)
 
 
 def _log_refusal(uow: UnitOfWork, batch: EventBatch, ev: EdgeEvent, code: str, message: str | None) -> None:

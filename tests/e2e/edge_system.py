@@ -234,7 +234,14 @@ class Rest:
 class EdgeAgent(Daemon):
     """`mes-edge run --config FILE` for LINE-B's devices (generated from the simulator's memory maps)."""
 
-    def __init__(self, workdir: Path, broker_url: str, endpoints: dict[str, str], sim: SimLine) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        broker_url: str,
+        endpoints: dict[str, str],
+        sim: SimLine,
+        reorder_window: float = 0.3,
+    ) -> None:
         super().__init__("edge agent", workdir / "edge.log")
         self.config_path = workdir / "edge-line-b.toml"
         self.outbox_path = workdir / "state" / "outbox.db"
@@ -265,6 +272,10 @@ reconnect_min = 0.2
 reconnect_max = 1.0
 retry_min = 0.2
 retry_max = 1.0
+
+[acquisition]
+# The test line runs at a takt of tenths of a second: merge what the devices answer within a window.
+reorder_window = {reorder_window}
 
 {to_toml(section)}
 """
@@ -349,14 +360,22 @@ async def start_line(
     sns: list[str],
     takt: float,
     lot_size: int | None = None,
+    buffer: int | None = None,
+    reorder_window: float = 0.3,
 ) -> Line:
     """The machines on free ports, then the agent; production starts with `Line.start_production()`."""
     cfg = line_b_sim_config(
-        workdir / "sim-truth.jsonl", run_no=run_no, sns=sns, takt=takt, boards=len(sns), lot_size=lot_size
+        workdir / "sim-truth.jsonl",
+        run_no=run_no,
+        sns=sns,
+        takt=takt,
+        boards=len(sns),
+        lot_size=lot_size,
+        buffer=buffer,
     )
     sim = SimLine(cfg)
     await sim.start()
-    agent = EdgeAgent(workdir, broker_url, sim.endpoints(), sim)
+    agent = EdgeAgent(workdir, broker_url, sim.endpoints(), sim, reorder_window)
     line = Line(sim, agent)
     try:
         await agent.start()
@@ -388,11 +407,27 @@ class Stack:
         return await prepare_line_b_run(self.central.base_url, boards, sn_prefix=sn_prefix)
 
     async def start_line(
-        self, *, run_no: str | None, sns: list[str], takt: float, lot_size: int | None = None
+        self,
+        *,
+        run_no: str | None,
+        sns: list[str],
+        takt: float,
+        lot_size: int | None = None,
+        buffer: int | None = None,
+        broker_url: str | None = None,
+        reorder_window: float = 0.3,
     ) -> Line:
+        """`broker_url`: where the agent connects when not straight to central's broker (a proxy, a user)."""
         assert self.central is not None
         self.line = await start_line(
-            self.workdir, self.central.broker_url, run_no=run_no, sns=sns, takt=takt, lot_size=lot_size
+            self.workdir,
+            broker_url or self.central.broker_url,
+            run_no=run_no,
+            sns=sns,
+            takt=takt,
+            lot_size=lot_size,
+            buffer=buffer,
+            reorder_window=reorder_window,
         )
         return self.line
 

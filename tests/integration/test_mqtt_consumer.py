@@ -6,21 +6,23 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from central.api import keys
 from central.config import Settings
 from central.db.engine import Database
 from central.db.models import EdgeEventReceipt, IntegrationMessage, Track, Unit
+from central.mqtt import parked
 from shared import topics
 from tests.client import Api
 from tests.flows import EN, PL, Q, pass_readiness, released_run, seed
+from tests.ingest_helpers import line_b_run
 from tests.shared_broker import broker_url
 
 EDGE = "edge-line-b"
@@ -408,3 +410,81 @@ async def test_database_down_answers_retry_and_keeps_consuming() -> None:
         e.close()
         await consumer.stop()
         await db.dispose()
+
+
+# ---- events that come before their unit (central/mqtt/parked.py) -------------------------------------------
+
+
+def line_b_event(seq: int, station: str, sn: str, run_no: str, at: str) -> dict[str, Any]:
+    """What the edge's LINE-B rules send (config/edge-line-b.devices.example.toml) for a PASS record."""
+    body: dict[str, Any] = {"stationCode": station, "sn": sn, "result": "PASS"}
+    event: dict[str, Any] = {"eventType": "AUTO", "payload": body}
+    if station == "ST-B-SPI-01":
+        event = {"eventType": "TEST", "runNo": run_no, "payload": {**body, "testResultId": f"SPI-{sn}"}}
+    return {
+        "eventId": uuid.uuid4().hex,
+        "seq": seq,
+        "kind": "INGEST",
+        "occurredAt": at,
+        "stationCode": station,
+        "payload": event,
+    }
+
+
+async def test_event_ahead_of_its_unit_waits_and_is_applied_when_the_unit_gets_there(
+    api: Api, database: Database, edge: EdgeClient
+) -> None:
+    flow = await line_b_run(api)
+    sn, run_no = flow["sns"][0], flow["runNo"]
+    # The MOUNT record (step 30) overtook the PRINT (10) and SPI (20) records of the same board.
+    mount = line_b_event(1, "ST-B-MOUNT-01", sn, run_no, "2026-12-03T06:00:03.000Z")
+    edge.publish([mount])
+    (r,) = (await edge.ack())["results"]
+    assert (r["status"], r["code"]) == ("ACCEPTED", "WAITING"), r
+    waiting = await api.get("/integration/messages", EN, params={"status": "WAITING", "system": "EDGE"})
+    assert [m["dedupeKey"] for m in waiting.data["items"]] == [f"edge:{EDGE}:{mount['eventId']}"]
+    # Resent (its ack was lost): the receipt answers, nothing is held twice.
+    edge.publish([mount])
+    assert (await edge.ack())["results"][0]["status"] == "DUPLICATE"
+
+    edge.publish([line_b_event(2, "ST-B-PRINT-01", sn, run_no, "2026-12-03T06:00:01.000Z")])
+    assert (await edge.ack())["results"][0]["status"] == "ACCEPTED"
+    trace = await api.get(f"/trace/units/{sn}", Q, params={"mode": "run"})
+    assert [t["stepNo"] for t in trace.data["tracks"]] == [10], "MOUNT still waits for SPI"
+
+    edge.publish([line_b_event(3, "ST-B-SPI-01", sn, run_no, "2026-12-03T06:00:02.000Z")])
+    assert (await edge.ack())["results"][0]["status"] == "ACCEPTED"
+    trace = await api.get(f"/trace/units/{sn}", Q, params={"mode": "run"})
+    tracks = sorted((t["stepNo"], t["stationCode"], t["outAt"]) for t in trace.data["tracks"])
+    assert tracks == [
+        (10, "ST-B-PRINT-01", "2026-12-03T06:00:01.000Z"),
+        (20, "ST-B-SPI-01", "2026-12-03T06:00:02.000Z"),
+        (30, "ST-B-MOUNT-01", "2026-12-03T06:00:03.000Z"),  # the machine's time, not the time it was applied
+    ]
+    assert trace.data["unit"]["currentStepNo"] == 40
+    applied = await api.get("/integration/messages", EN, params={"status": "APPLIED", "system": "EDGE"})
+    assert [m["dedupeKey"] for m in applied.data["items"]] == [f"edge:{EDGE}:{mount['eventId']}"]
+
+
+async def test_a_waiting_event_whose_unit_never_gets_there_fails_after_the_ttl(
+    api: Api, database: Database, edge: EdgeClient
+) -> None:
+    flow = await line_b_run(api, qty=2)
+    (a, b), run_no = flow["sns"], flow["runNo"]
+    # Unit a's MOUNT arrives, but its PRINT/SPI records never will (lost at the machine).
+    stray = line_b_event(1, "ST-B-MOUNT-01", a, run_no, "2026-12-03T06:00:03.000Z")
+    edge.publish([stray])
+    assert (await edge.ack())["results"][0]["code"] == "WAITING"
+    async with database.writer() as s, s.begin():
+        await s.execute(
+            update(IntegrationMessage)
+            .where(IntegrationMessage.status == "WAITING")
+            .values(created_at=datetime.now(UTC) - parked.PARK_TTL - timedelta(seconds=1))
+        )
+    # Any progress of the line tries the waiting events again: past the TTL it becomes FAILED.
+    edge.publish([line_b_event(2, "ST-B-PRINT-01", b, run_no, "2026-12-03T06:00:04.000Z")])
+    assert (await edge.ack())["results"][0]["status"] == "ACCEPTED"
+    failed = await api.get("/integration/messages", EN, params={"status": "FAILED", "system": "EDGE"})
+    (msg,) = failed.data["items"]
+    assert msg["dedupeKey"] == f"edge:{EDGE}:{stray['eventId']}"
+    assert msg["error"].startswith("STATION_MISMATCH"), msg
