@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from central.schemas.base import CamelModel, ListQuery, OutModel, StepNo, UtcTime
+from central.schemas.base import CamelModel, ListQuery, OutModel, UtcTime
 
 DispositionType = Literal["REWORK", "SCRAP", "HOLD"]
 
@@ -31,7 +31,7 @@ class DispositionCreate(CamelModel):
     reason: str | None = Field(None, max_length=2000)
     # REWORK only: a stepNo of the run's frozen snapshot ≤ the failure step; default = the first step.
     # Ignored for SCRAP and HOLD.
-    to_step_no: StepNo | None = None
+    to_step_no: int | None = Field(None, ge=-1_000_000, le=1_000_000)  # any other step: REWORK_STEP_INVALID
 
 
 class ReleaseBody(CamelModel):
