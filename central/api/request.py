@@ -115,22 +115,38 @@ async def read_json(request: web.Request) -> Any:
     return data
 
 
+MAX_NESTING = 64  # JSON levels in a body; the product's own bodies use fewer than ten
+
+
 def _refuse_nul(value: Any, loc: list[Any]) -> None:
     """NUL is valid JSON and URL text, but PostgreSQL refuses it in text and JSONB: refuse it here (422),
-    before it reaches a query, a row or the audit trail (where it would be a 500)."""
-    if isinstance(value, str):
-        if "\x00" in value:
+    before it reaches a query, a row or the audit trail (where it would be a 500). Nesting deeper than
+    MAX_NESTING is refused too: the parser reads 1,024 levels, but storing the body (its audit row, an event's
+    payload) stops at the JSON encoders' limits (orjson 255, the standard library's recursion limit).
+    Iterative, so a deep body cannot exhaust the stack here either."""
+    stack: list[tuple[Any, list[Any]]] = [(value, loc)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise RequestInvalid(
+                    [{"loc": where, "msg": "NUL characters are not allowed", "type": "string_nul"}],
+                    "NUL characters are not allowed",
+                )
+            continue
+        if not isinstance(item, dict | list):
+            continue
+        if len(where) - len(loc) >= MAX_NESTING:
             raise RequestInvalid(
-                [{"loc": loc, "msg": "NUL characters are not allowed", "type": "string_nul"}],
-                "NUL characters are not allowed",
+                [{"loc": where, "msg": f"nested deeper than {MAX_NESTING} levels", "type": "too_deep"}],
+                f"JSON nested deeper than {MAX_NESTING} levels",
             )
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _refuse_nul(k, [*loc, k.replace("\x00", "\\0")])
-            _refuse_nul(v, [*loc, k])
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _refuse_nul(v, [*loc, i])
+        if isinstance(item, dict):
+            for k, v in item.items():
+                stack.append((k, [*where, k.replace("\x00", "\\0")]))
+                stack.append((v, [*where, k]))
+        else:
+            stack.extend((v, [*where, i]) for i, v in enumerate(item))
 
 
 def _parse(model: type[BaseModel], data: Any, where: str) -> BaseModel:
