@@ -20,7 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# The reliability and security suites at the sizes of quality-bars.md (R1 alone runs for about an hour);
+# The reliability and security suites at the sizes of quality-bars.md (about 50 minutes, R1 alone 32);
 # writes docs/RELIABILITY.md. `make test` runs the same suites reduced.
 reliability: $(STAMP)
 	MES_RELIABILITY=full $(PY) -m pytest tests/reliability $(PYTEST_ARGS)
