@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
@@ -40,16 +39,6 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line(f"{brokers.summary_line()}; shared broker: {shared}")
 
 
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(
-        host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, database="postgres"
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def _migrate(url: str) -> None:
     db = create_database(url, pool_size=1)
     try:
@@ -67,11 +56,11 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[str]:
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{_TEMPLATE_PG}"'))
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{_TEMPLATE_PG}"'))
+    asyncio.run(services.pg_admin(f'DROP DATABASE IF EXISTS "{_TEMPLATE_PG}"'))
+    asyncio.run(services.pg_admin(f'CREATE DATABASE "{_TEMPLATE_PG}"'))
     asyncio.run(_migrate(services.pg_url(_TEMPLATE_PG)))
     yield _TEMPLATE_PG
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{_TEMPLATE_PG}" WITH (FORCE)'))
+    asyncio.run(services.pg_admin(f'DROP DATABASE IF EXISTS "{_TEMPLATE_PG}" WITH (FORCE)'))
 
 
 @pytest.fixture
@@ -85,9 +74,9 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
         return
     template = request.getfixturevalue("pg_template")
     name = f"mes_t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    asyncio.run(services.pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     yield services.pg_url(name)
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import os
 import socket
 from functools import cache
 
+import asyncpg
+
 PG_HOST = os.environ.get("MES_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("MES_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("MES_TEST_PG_USER", "postgres")
@@ -30,6 +32,15 @@ def postgres_available() -> bool:
     if not ok and REQUIRE:
         raise RuntimeError(f"MES_REQUIRE_SERVICES=1 but PostgreSQL is not reachable at {PG_HOST}:{PG_PORT}")
     return ok
+
+
+async def pg_admin(sql: str) -> None:
+    """One statement on the `postgres` database (CREATE/DROP DATABASE of the tests' own databases)."""
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
 
 
 def pg_url(database: str) -> str:

@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import func, select
 
@@ -75,16 +74,6 @@ SAMPLE = size(30, 200)  # units compared field by field over REST
 SEED = int(os.environ.get("MES_R1_SEED", "20261203"))
 
 
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(
-        host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, database="postgres"
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def central_db(tmp_path: Path) -> AsyncIterator[str]:
     """SQLite for the reduced run; PostgreSQL (a database of its own) for the full one."""
@@ -97,11 +86,11 @@ async def central_db(tmp_path: Path) -> AsyncIterator[str]:
         yield f"sqlite+aiosqlite:///{tmp_path / 'central.db'}"
         return
     name = f"mes_r1_{uuid.uuid4().hex[:8]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
+    await services.pg_admin(f'CREATE DATABASE "{name}"')
     try:
         yield services.pg_url(name)
     finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Campaign:

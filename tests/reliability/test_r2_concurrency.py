@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
-import asyncpg
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
@@ -206,16 +205,6 @@ STORM_COPIES = 10
 _APPLIED = re.compile(r"batch (\S+) of edge (\S+): (.*) \(pid (\d+)\)")
 
 
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(
-        host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, database="postgres"
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 def shared_pg(request: pytest.FixtureRequest) -> Iterator[str]:
     """A PostgreSQL database of its own for the two processes (migrated from the session template)."""
@@ -223,9 +212,9 @@ def shared_pg(request: pytest.FixtureRequest) -> Iterator[str]:
         pytest.skip("two central processes share one PostgreSQL database: PostgreSQL is not reachable")
     template = request.getfixturevalue("pg_template")
     name = f"mes_r2_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    asyncio.run(services.pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
     yield services.pg_url(name)
-    asyncio.run(_pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture

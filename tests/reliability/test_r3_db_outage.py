@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
@@ -83,21 +82,11 @@ async def pg_database() -> AsyncIterator[str]:
             "makes this an error)"
         )
     name = f"mes_r3_{uuid.uuid4().hex[:10]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
+    await services.pg_admin(f'CREATE DATABASE "{name}"')
     try:
         yield name
     finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def _pg_admin(sql: str) -> None:
-    conn = await asyncpg.connect(
-        host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, database="postgres"
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+        await services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
