@@ -16,6 +16,7 @@ from central.domain.errors import MesError, NotFound
 from central.schemas.base import parse_row_id
 from central.services.actor import Actor
 from central.services.uow import AuditContext, UnitOfWork
+from shared.json_shape import MAX_NESTING, find_oddity
 
 P = ParamSpec("P")
 ANONYMOUS = Actor(user_id=None, name="anonymous", actor_type="ANONYMOUS")
@@ -115,38 +116,21 @@ async def read_json(request: web.Request) -> Any:
     return data
 
 
-MAX_NESTING = 64  # JSON levels in a body; the product's own bodies use fewer than ten
-
-
 def _refuse_nul(value: Any, loc: list[Any]) -> None:
-    """NUL is valid JSON and URL text, but PostgreSQL refuses it in text and JSONB: refuse it here (422),
-    before it reaches a query, a row or the audit trail (where it would be a 500). Nesting deeper than
-    MAX_NESTING is refused too: the parser reads 1,024 levels, but storing the body (its audit row, an event's
-    payload) stops at the JSON encoders' limits (orjson 255, the standard library's recursion limit).
-    Iterative, so a deep body cannot exhaust the stack here either."""
-    stack: list[tuple[Any, list[Any]]] = [(value, loc)]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise RequestInvalid(
-                    [{"loc": where, "msg": "NUL characters are not allowed", "type": "string_nul"}],
-                    "NUL characters are not allowed",
-                )
-            continue
-        if not isinstance(item, dict | list):
-            continue
-        if len(where) - len(loc) >= MAX_NESTING:
-            raise RequestInvalid(
-                [{"loc": where, "msg": f"nested deeper than {MAX_NESTING} levels", "type": "too_deep"}],
-                f"JSON nested deeper than {MAX_NESTING} levels",
-            )
-        if isinstance(item, dict):
-            for k, v in item.items():
-                stack.append((k, [*where, k.replace("\x00", "\\0")]))
-                stack.append((v, [*where, k]))
-        else:
-            stack.extend((v, [*where, i]) for i, v in enumerate(item))
+    """A NUL character or nesting beyond MAX_NESTING is refused here (422), before it reaches a query, a row
+    or the audit trail, where it would be a 500 (shared/json_shape.py)."""
+    odd = find_oddity(value)
+    if odd is None:
+        return
+    where, kind = odd
+    if kind == "string_nul":
+        msg, summary = "NUL characters are not allowed", "NUL characters are not allowed"
+    else:
+        msg, summary = (
+            f"nested deeper than {MAX_NESTING} levels",
+            f"JSON nested deeper than {MAX_NESTING} levels",
+        )
+    raise RequestInvalid([{"loc": [*loc, *where], "msg": msg, "type": kind}], summary)
 
 
 def _parse(model: type[BaseModel], data: Any, where: str) -> BaseModel:

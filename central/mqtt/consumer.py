@@ -31,11 +31,11 @@ from central.mqtt.apply import Applier
 from central.services.uow import UnitOfWork
 from shared import topics
 from shared.events import Ack, AckResult, EdgeStatus, EventBatch
+from shared.json_shape import MAX_NESTING, find_oddity
 
 log = logging.getLogger("central.mqtt")
 
 QUEUE_LIMIT = 1000  # per edge; an edge has one batch in flight, so only a flood fills it
-MAX_NESTING = 64  # JSON levels in a batch; the edge's own batches use fewer than ten
 
 
 class MqttConsumer:
@@ -280,27 +280,16 @@ class MqttConsumer:
 
 
 def _odd_shape(raw: Any) -> str | None:
-    """Why a parsed batch cannot be handled even if it fits the schema, or None.
-
-    Deep nesting passes `payload: dict[str, Any]` but breaks writing the event back out (orjson and pydantic
-    stop at 255 levels, json at the recursion limit): the batch would fail on every resend. A NUL character is
-    valid JSON but PostgreSQL refuses it in text and JSONB, which would look like a database outage (RETRY
-    forever).
-    """
-    stack: list[tuple[Any, int]] = [(raw, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, str):
-            if "\x00" in value:
-                return "contains a NUL character (\\u0000)"
-        elif isinstance(value, dict | list):
-            if depth > MAX_NESTING:
-                return f"nested deeper than {MAX_NESTING} levels"
-            if isinstance(value, dict):
-                stack.extend((k, depth) for k in value)
-                value = value.values()
-            stack.extend((v, depth + 1) for v in value)
-    return None
+    """Why a parsed batch cannot be handled even if it fits the schema (shared/json_shape.py), or None: it
+    would fail on every resend, or look like a database outage (RETRY forever)."""
+    odd = find_oddity(raw)
+    if odd is None:
+        return None
+    return (
+        "contains a NUL character (\\u0000)"
+        if odd[1] == "string_nul"
+        else f"nested deeper than {MAX_NESTING} levels"
+    )
 
 
 def _put(q: asyncio.Queue[Any], item: Any, what: str, edge_id: str) -> None:
