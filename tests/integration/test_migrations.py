@@ -13,7 +13,6 @@ from central.db.base import Base
 from central.db.engine import create_database
 from central.db.migrate import alembic_config, current_revision, upgrade
 from tests import services
-from tests.conftest import _pg_admin
 
 
 def _head() -> str:
@@ -55,11 +54,11 @@ async def test_migrations_from_empty_on_postgresql() -> None:
         # Reported in the summary line; MES_REQUIRE_SERVICES=1 (CI) makes this an error instead.
         return
     name = f"mes_mig_{uuid.uuid4().hex[:10]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
+    await services.pg_admin(f'CREATE DATABASE "{name}"')
     try:
         await _check(services.pg_url(name))
     finally:
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 async def test_concurrent_migrations_on_postgresql_serialise() -> None:
@@ -67,7 +66,7 @@ async def test_concurrent_migrations_on_postgresql_serialise() -> None:
     if not services.postgres_available():
         return
     name = f"mes_mig_{uuid.uuid4().hex[:10]}"
-    await _pg_admin(f'CREATE DATABASE "{name}"')
+    await services.pg_admin(f'CREATE DATABASE "{name}"')
     dbs = [create_database(services.pg_url(name), pool_size=1) for _ in range(2)]
     try:
         await asyncio.gather(*(upgrade(db.engine) for db in dbs))
@@ -75,4 +74,4 @@ async def test_concurrent_migrations_on_postgresql_serialise() -> None:
     finally:
         for db in dbs:
             await db.dispose()
-        await _pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
