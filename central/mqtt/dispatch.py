@@ -47,8 +47,9 @@ def _station(ev: EdgeEvent) -> str:
     return ev.station_code
 
 
-async def _ingest(uow: UnitOfWork, edge_id: str, ev: EdgeEvent) -> Applied:
-    body = IngestEventIn.model_validate(
+def ingest_body(edge_id: str, ev: EdgeEvent) -> IngestEventIn:
+    """The `POST /ingest/events` body of an INGEST event: the eventId is its dedupe key."""
+    return IngestEventIn.model_validate(
         {
             **ev.payload,
             "dedupeKey": ev.event_id,
@@ -56,7 +57,10 @@ async def _ingest(uow: UnitOfWork, edge_id: str, ev: EdgeEvent) -> Applied:
             "occurredAt": ev.occurred_at.isoformat(),
         }
     )
-    out = await ingest.ingest_event(uow, body)
+
+
+async def _ingest(uow: UnitOfWork, edge_id: str, ev: EdgeEvent) -> Applied:
+    out = await ingest.ingest_event(uow, ingest_body(edge_id, ev))
     return Applied(out, bool(out.get("duplicate")))
 
 

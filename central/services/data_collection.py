@@ -46,6 +46,19 @@ async def specs_for_step(uow: UnitOfWork, step: route.Step) -> tuple[list[DataCo
     """→ (allowed specs, bound?). Bound: the step's dataSpecIds (a missing id is an error; inactive ignored).
     Unbound: the active specs of the step's operation."""
     ids = [int(i) for i in step.get("dataSpecIds") or []]
+    memo = uow.memo  # a batch of equipment events reads each step's specs once
+    key = ("specs", tuple(ids), step.get("operationId"), step.get("stepNo"))
+    if memo is not None and key in memo:
+        return memo[key]  # type: ignore[no-any-return]
+    found = await _specs_for_step(uow, step, ids)
+    if memo is not None:
+        memo[key] = found
+    return found
+
+
+async def _specs_for_step(
+    uow: UnitOfWork, step: route.Step, ids: list[int]
+) -> tuple[list[DataCollectionSpec], bool]:
     s = uow.session
     if ids:
         rows = {

@@ -38,7 +38,13 @@ class Context:
 
 
 async def station(uow: UnitOfWork, code: str, perms: tuple[str, ...]) -> Station:
-    st = await uow.session.scalar(select(Station).where(Station.code == code))
+    memo = uow.memo  # a batch of equipment events reads each station once
+    if memo is not None and ("station", code) in memo:
+        st = memo[("station", code)]
+    else:
+        st = await uow.session.scalar(select(Station).where(Station.code == code))
+        if memo is not None:
+            memo[("station", code)] = st
     if st is None:
         raise NotFound("STATION_NOT_FOUND", f"Station {code} not found")
     # Ours (api.md): execution writes honour the caller's data scope; API keys are ALL-scoped.

@@ -48,20 +48,10 @@ async def _ingest(uow: UnitOfWork, body: IngestEventIn, canonical: bool) -> dict
     original = await _original(uow, body)  # 1. dedupe
     if original is not None:
         return _duplicate(uow, original, body)
-    occurred_at = _occurred_at(body.occurred_at)  # 2.
-    if not isinstance(body.payload, dict):
-        raise Rejected(im.PAYLOAD_INVALID, "payload must be a JSON object")
+    occurred_at = event_time(body.occurred_at)  # 2.
+    row = claim_row(body, occurred_at)
     # Claim the key before anything else: an identical event applied concurrently waits on the unique index
     # here and, once this transaction commits, answers duplicate; if this one is refused the claim rolls back.
-    row = IngestEvent(
-        source_system=body.source_system,
-        dedupe_key=body.dedupe_key,
-        event_type=body.event_type,
-        occurred_at=occurred_at,
-        received_at=utcnow(),
-        payload=body.payload,
-        meta={},
-    )
     try:
         async with s.begin_nested():
             s.add(row)
@@ -71,19 +61,50 @@ async def _ingest(uow: UnitOfWork, body: IngestEventIn, canonical: bool) -> dict
         if original is None:
             raise
         return _duplicate(uow, original, body)
-    run = await _run(uow, body)  # 3.
-    version = await _version(uow, run)
-    step_no, mapping = _mapping(version, body.event_type, canonical)  # 4.
-    norm = im.normalize(body.payload, mapping)  # 5.
-    im.require(norm, body.event_type)
-    if norm.occurred_at is not None:  # the machine's own timestamp inside the payload wins
-        occurred_at = not_future(norm.occurred_at)
-    ev = Event(body, row, run, version, mapping, norm, occurred_at, step_no, canonical)
+    ev = await event(uow, body, row, occurred_at, canonical)
     if body.event_type == "BATCH":  # 7.
         await ingest_batch.apply(uow, ev)
     else:  # 6.
         await ingest_unit.apply(uow, ev)
+    return received(row)
+
+
+def received(row: IngestEvent) -> dict[str, Any]:
     return {"event_id": row.id, "duplicate": False, "status": "RECEIVED"}
+
+
+def claim_row(body: IngestEventIn, occurred_at: datetime) -> IngestEvent:
+    if not isinstance(body.payload, dict):
+        raise Rejected(im.PAYLOAD_INVALID, "payload must be a JSON object")
+    return IngestEvent(
+        source_system=body.source_system,
+        dedupe_key=body.dedupe_key,
+        event_type=body.event_type,
+        occurred_at=occurred_at,
+        received_at=utcnow(),
+        payload=body.payload,
+        meta={},
+    )
+
+
+async def event(
+    uow: UnitOfWork, body: IngestEventIn, row: IngestEvent, occurred_at: datetime, canonical: bool
+) -> Event:
+    """Steps 3–5 for a claimed event: its run, frozen version, mapping and normalised reading."""
+    run = await _run(uow, body)  # 3.
+    version = await _version(uow, run)
+    memo, key = uow.memo, ("mapping", version.id, body.event_type, canonical)
+    if memo is not None and key in memo:  # a batch parses each route's mapping once
+        step_no, mapping = memo[key]
+    else:
+        step_no, mapping = _mapping(version, body.event_type, canonical)  # 4.
+        if memo is not None:
+            memo[key] = step_no, mapping
+    norm = im.normalize(body.payload, mapping)  # 5.
+    im.require(norm, body.event_type)
+    if norm.occurred_at is not None:  # the machine's own timestamp inside the payload wins
+        occurred_at = not_future(norm.occurred_at)
+    return Event(body, row, run, version, mapping, norm, occurred_at, step_no, canonical)
 
 
 async def _original(uow: UnitOfWork, body: IngestEventIn) -> IngestEvent | None:
@@ -106,7 +127,7 @@ def _duplicate(uow: UnitOfWork, original: IngestEvent, body: IngestEventIn) -> d
     return {"event_id": original.id, "duplicate": True, "status": "RECEIVED"}
 
 
-def _occurred_at(value: Any) -> datetime:
+def event_time(value: Any) -> datetime:
     if value is None:
         raise Rejected(im.PAYLOAD_INVALID, "occurredAt is required")
     return not_future(im.parse_time(value))
@@ -123,7 +144,13 @@ async def _run(uow: UnitOfWork, body: IngestEventIn) -> Run:
     payload: dict[str, Any] = body.payload
     sn, sn_list = payload.get("sn"), payload.get("snList")
     if isinstance(sn, str) and sn.strip():
-        run_id = await s.scalar(select(Unit.run_id).where(Unit.sn == sn.strip()))
+        memo = uow.memo  # a batch loaded its units (and their runs) at once
+        unit = memo.get(("unit", sn.strip())) if memo is not None else None
+        run_id = (
+            unit.run_id
+            if unit is not None
+            else await s.scalar(select(Unit.run_id).where(Unit.sn == sn.strip()))
+        )
         if run_id is None:
             raise NotFound("UNIT_RUN_NOT_FOUND", f"Unit {sn} is unknown or belongs to no run")
         return await _get_run(uow, run_id)
@@ -145,15 +172,19 @@ async def _run(uow: UnitOfWork, body: IngestEventIn) -> Run:
 
 
 async def _get_run(uow: UnitOfWork, run_id: int) -> Run:
-    run = await uow.session.get(Run, run_id)
+    memo = uow.memo  # a batch loaded its runs at once
+    run = memo.get(("run", run_id)) if memo is not None else None
+    if run is None:
+        run = await uow.session.get(Run, run_id)
     assert run is not None  # units reference runs through a foreign key
     return run
 
 
 async def _version(uow: UnitOfWork, run: Run) -> ExecutableRouteVersion:
-    version = (
-        await uow.session.get(ExecutableRouteVersion, run.route_version_id) if run.route_version_id else None
-    )
+    memo = uow.memo
+    version = memo.get(("version", run.route_version_id)) if memo is not None else None
+    if version is None and run.route_version_id:
+        version = await uow.session.get(ExecutableRouteVersion, run.route_version_id)
     if version is None or version.status != "READY":
         raise Rejected("ROUTE_VERSION_NOT_READY", f"Run {run.run_no} has no READY route version")
     return version

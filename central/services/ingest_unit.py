@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy import select
 
 from central.db.models import Defect, Station, Track, Unit
@@ -15,6 +17,8 @@ from central.services.ingest_common import (
     ACTION,
     INGEST_PERMS,
     Event,
+    IngestValue,
+    Matched,
     check_methods,
     emit_track_events,
     match_specs,
@@ -34,7 +38,31 @@ _UNIT_STATE_CODES = {
 FAIL_DEFECT_CODE = "STATION_FAIL"
 
 
+@dataclass
+class Move:
+    """One AUTO/TEST event past its guards: the move, its track (added, not flushed yet) and values."""
+
+    ev: Event
+    station: Station
+    unit: Unit
+    track: Track
+    values: list[IngestValue]
+    matched: Matched
+    result: str
+
+
 async def apply(uow: UnitOfWork, ev: Event) -> None:
+    move = await prepare(uow, ev)
+    await uow.session.flush()  # the track's id
+    await finish(uow, move)
+    await uow.session.flush()
+    if move.unit.status == "DONE":
+        await closeout.after_units_changed(uow, ev.run)
+
+
+async def prepare(uow: UnitOfWork, ev: Event) -> Move:
+    """Guards of §4.3 step 6 and the track. A batch (ingest_many) prepares all its events, flushes their
+    tracks in one statement, then finishes them; a single event does the same with one."""
     s = uow.session
     norm, run = ev.norm, ev.run
     assert norm.sn is not None and norm.station_code is not None and norm.result is not None
@@ -70,12 +98,21 @@ async def apply(uow: UnitOfWork, ev: Event) -> None:
         meta={"ingestEventId": ev.row.id},
     )
     s.add(track)
-    await s.flush()
-    write_values(uow, values, track_id=track.id, source=ev.event_type, at=at, by=None)
+    return Move(ev, station, unit, track, values, matched, result)
+
+
+async def finish(uow: UnitOfWork, move: Move) -> None:
+    """The rest of the move once its track has an id: values, the unit's step, the event row, outbox, audit.
+    Close-out is the caller's (once per batch)."""
+    s = uow.session
+    ev, station, unit, track, result = move.ev, move.station, move.unit, move.track, move.result
+    run, norm, at = ev.run, ev.norm, ev.occurred_at
+    write_values(uow, move.values, track_id=track.id, source=ev.event_type, at=at, by=None)
     before = {"unitStatus": unit.status, "stepNo": unit.current_step_no}
     if result == "PASS":
         advance(unit, ev.version.snapshot_json, ingest=True)
-        await close_rework_tasks(uow, unit, track.step_no, at)
+        if _may_have_rework(uow, unit):
+            await close_rework_tasks(uow, unit, track.step_no, at)
     else:
         # Ours (domain.md §4.3 "ours may add"): a FAIL from equipment records a defect like a FAIL track-out,
         # so the unit reaches the disposition queue the same way.
@@ -96,8 +133,7 @@ async def apply(uow: UnitOfWork, ev: Event) -> None:
     row.run_id, row.unit_id, row.station_id, row.line_id = run.id, unit.id, station.id, run.line_id
     row.sn, row.result, row.test_result_id = unit.sn, result, norm.test_result_id
     row.normalized = norm.as_json()
-    row.meta = _meta(ev, matched.summary(len(norm.measurements)), track.id)
-    await s.flush()
+    row.meta = _meta(ev, move.matched.summary(len(norm.measurements)), track.id)
     emit_track_events(uow, ev, track, unit.sn, station.code)
     uow.audit(
         row.id,
@@ -116,13 +152,23 @@ async def apply(uow: UnitOfWork, ev: Event) -> None:
             "stepNo": unit.current_step_no,
         },
     )
-    if unit.status == "DONE":
-        await closeout.after_units_changed(uow, run)
+
+
+def _may_have_rework(uow: UnitOfWork, unit: Unit) -> bool:
+    # A batch loaded the units with open rework tasks at once; a single event asks the database.
+    if uow.memo is None or ("rework", unit.id) not in uow.memo:
+        return True
+    return bool(uow.memo[("rework", unit.id)])
 
 
 async def _unit(uow: UnitOfWork, ev: Event, sn: str) -> Unit:
     # Locked: two different events for one unit serialise (PostgreSQL); the second sees the first's move.
-    unit = await uow.session.scalar(select(Unit).where(Unit.sn == sn).with_for_update())
+    # A batch loaded (and locked) its units at once.
+    memo = uow.memo
+    if memo is not None and ("unit", sn) in memo:
+        unit = memo[("unit", sn)]
+    else:
+        unit = await uow.session.scalar(select(Unit).where(Unit.sn == sn).with_for_update())
     if unit is None:
         raise NotFound("UNIT_NOT_FOUND", f"Unit {sn} not found")
     if unit.run_id != ev.run.id:

@@ -55,6 +55,9 @@ class UnitOfWork:
     settings: Settings | None = None
     session: AsyncSession = field(init=False)
     audited: bool = field(default=False, init=False)
+    # While a batch of equipment events is applied set-based (services/ingest_many.py): the rows it loaded
+    # for the whole batch, which the per-event lookups read instead of querying again. None otherwise.
+    memo: dict[Any, Any] | None = field(default=None, init=False)
 
     async def __aenter__(self) -> UnitOfWork:
         self.session = self.sessionmaker()
