@@ -7,12 +7,15 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from edge.config import EdgeConfig
 from edge.forwarder import Forwarder
 from edge.outbox import NewEvent, Outbox
 from shared.events import DeviceStatus, EdgeStatus
+
+if TYPE_CHECKING:
+    from edge.metrics import MetricsServer
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class Agent:
         self.outbox: Outbox | None = None
         self.forwarder: Forwarder | None = None
         self.devices: DeviceSide | None = None
+        self.metrics: MetricsServer | None = None  # the `[metrics]` listener, when configured
         # Set once the outbox is open and every part runs (tests and the CLI wait on it).
         self.started = asyncio.Event()
 
@@ -99,8 +103,20 @@ class Agent:
         inner = asyncio.Event()
         relay = asyncio.create_task(_relay(stop, inner), name="edge-stop")
         tasks: list[asyncio.Task[None]] = []
+        metrics = None
         try:
             self.forwarder = Forwarder(cfg, self.outbox, self.status)
+            if cfg.metrics is not None:
+                # Imported only when configured: an agent without the listener loads no HTTP server.
+                from edge.metrics import MetricsServer
+
+                metrics = self.metrics = MetricsServer(cfg.metrics, self.status, self.forwarder)
+                try:
+                    await metrics.start()
+                except OSError as exc:
+                    # Monitoring must not stop the line's acquisition: run on without the listener.
+                    log.error("metrics listener %s not started: %s", cfg.metrics.listen, exc)
+                    metrics = self.metrics = None
             tasks.append(asyncio.create_task(self.forwarder.run(inner), name="edge-forwarder"))
             if cfg.devices:
                 self.devices = _acquisition(cfg, self.outbox.append)
@@ -130,6 +146,8 @@ class Agent:
                 if not t.done():
                     t.cancel()
             await asyncio.gather(*tasks, relay, return_exceptions=True)
+            if metrics is not None:
+                await metrics.stop()
             await self.outbox.close()
             log.info("edge agent %s stopped", cfg.edge_id)
         for t in tasks:

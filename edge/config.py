@@ -174,6 +174,33 @@ class AcquisitionConfig(_Strict):
     reorder_window: float = Field(default=0.0, ge=0, le=10, description="seconds records are merged in")
 
 
+class MetricsConfig(_Strict):
+    """The optional Prometheus listener (`GET /metrics`). It has no authentication (the edge has no user
+    accounts): keep it on the loopback address, or firewall the port to the Prometheus host."""
+
+    listen: str = Field(default="127.0.0.1:9464", description="host:port; [::1]:9464 for IPv6")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parts = urlsplit(f"//{v}")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        if not parts.hostname or port is None or parts.path or parts.username is not None:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        return v
+
+    @property
+    def host(self) -> str:
+        return urlsplit(f"//{self.listen}").hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(f"//{self.listen}").port or 0
+
+
 class EdgeConfig(_Strict):
     """One edge agent = one line: identity, outbox, broker, forwarder, devices and rules."""
 
@@ -184,6 +211,7 @@ class EdgeConfig(_Strict):
     mqtt: MqttConfig
     forwarder: ForwarderConfig = ForwarderConfig()
     acquisition: AcquisitionConfig = AcquisitionConfig()
+    metrics: MetricsConfig | None = None  # no [metrics] section: no listener
     devices: list[DeviceConfig] = Field(default_factory=list)
     rules: list[RuleConfig] = Field(default_factory=list)
 

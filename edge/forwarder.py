@@ -85,6 +85,9 @@ class Forwarder:
         self.resends = 0
         self.acks = 0
         self.last_ack_at: str | None = None
+        # Running totals for the metrics listener (edge/metrics.py).
+        self.events_published = 0
+        self.events_acked: dict[str, int] = {}
 
     # ---- lifecycle --------------------------------------------------------------------------------------
 
@@ -194,6 +197,7 @@ class Forwarder:
             await wait_any(stop, within=0.05)
             return
         self.batches_sent += 1
+        self.events_published += len(batch.events)
         stopper = asyncio.ensure_future(stop.wait())
         try:
             await asyncio.wait(
@@ -228,6 +232,8 @@ class Forwarder:
         await self._outbox.settle(plan.delivered, plan.dead, plan.errors)
         self.acks += 1
         self.last_ack_at = now_text()
+        for r in ack.results:
+            self.events_acked[r.status] = self.events_acked.get(r.status, 0) + 1
         for seq, code, message in plan.dead:
             log.warning(
                 "event seq %d REJECTED by central (%s: %s): moved to the dead letters", seq, code, message

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from central.api import keys
 from central.api.handlers import ROUTERS
+from central.api.metrics import metrics_mw
 from central.api.middlewares import audit_mw, auth_mw, error_mw, idempotency_mw, request_id_mw
 from central.api.registry import Endpoint, Router
 from central.api.request import make_handler
@@ -34,7 +35,7 @@ def create_app(
     settings: Settings, *, database: Database | None = None, extra_routers: list[Router] | None = None
 ) -> web.Application:
     app = web.Application(
-        middlewares=[request_id_mw, error_mw, audit_mw, auth_mw, idempotency_mw],
+        middlewares=[metrics_mw, request_id_mw, error_mw, audit_mw, auth_mw, idempotency_mw],
         client_max_size=settings.http_max_body_bytes,
         # A query of the documented maximum (filters ≤ 200 characters, up to 12 bytes each once %-encoded)
         # must reach validation: a longer request line gets aiohttp's plain-text 400, not the envelope.

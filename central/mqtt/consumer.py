@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import ssl
+import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -23,6 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError
 
+from central import metrics
 from central.config import Settings
 from central.db.engine import Database
 from central.db.models import EdgeAgent, IntegrationMessage
@@ -162,17 +164,20 @@ class MqttConsumer:
     async def handle_batch(self, edge_id: str, payload: bytes) -> Ack | None:
         batch = await self._parse(edge_id, payload)
         if batch is None:
+            metrics.observe_refused_batch()
             return None
         self.stats["batches"] += 1
+        started, outcome = time.perf_counter(), "applied"
         try:
             ack = await self.applier.apply(batch)
         except (DBAPIError, OSError, TimeoutError) as exc:
             log.warning("batch %s of edge %s not applied (%s); answering RETRY", batch.batch_id, edge_id, exc)
-            ack = self._retry_all(batch, "DATABASE_UNAVAILABLE")
+            ack, outcome = self._retry_all(batch, "DATABASE_UNAVAILABLE"), "retry"
         except Exception:
             # A bug must not dead-letter production data: keep it at the edge and make it loud here.
             log.exception("batch %s of edge %s failed unexpectedly; answering RETRY", batch.batch_id, edge_id)
-            ack = self._retry_all(batch, "INTERNAL_ERROR")
+            ack, outcome = self._retry_all(batch, "INTERNAL_ERROR"), "retry"
+        metrics.observe_batch(batch, ack, outcome, time.perf_counter() - started)
         self._publish_ack(edge_id, ack)
         # One line per batch, naming this process: with several central processes on one shared subscription
         # it says which of them applied what (and that the load is spread).

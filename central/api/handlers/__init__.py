@@ -13,6 +13,7 @@ from central.api.handlers import (
     fai,
     ingest,
     loading,
+    metrics,
     mrb,
     oqc,
     outbound,
@@ -31,6 +32,7 @@ from central.api.handlers import (
 
 ROUTERS = [
     system.router,
+    metrics.router,
     demo.router,
     auth.router,
     users.router,
