@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     outbound_poll_seconds: float = Field(30.0, gt=0)  # domain.md §3: worker every 30 s, batch 50
     outbound_backoff_base_seconds: float = Field(30.0, gt=0)  # retry at now + 30 s·2^(attempts−1)
     outbound_backoff_max_seconds: float = Field(3600.0, gt=0)
+    # `mes-central archive`: closed runs that ended more than this many days ago leave the database.
+    archive_after_days: int = Field(365, ge=1)
 
     @field_validator("database_url")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from central.config import Settings
@@ -31,8 +31,15 @@ async def ensure_preset_roles(s: AsyncSession) -> dict[str, Role]:
     return existing
 
 
+# Any constant: serialises the bootstrap of central processes starting together on an empty PostgreSQL
+# database, which would otherwise both insert the preset roles and one would fail on the unique code.
+_PG_BOOTSTRAP_LOCK = 0x4D45_5302
+
+
 async def ensure_admin(sm: async_sessionmaker[AsyncSession], settings: Settings) -> None:
     async with sm() as s, s.begin():
+        if s.get_bind().dialect.name == "postgresql":  # SQLite writers already queue (BEGIN IMMEDIATE)
+            await s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_BOOTSTRAP_LOCK})
         roles = await ensure_preset_roles(s)
         if not settings.bootstrap_admin_email or settings.bootstrap_admin_password is None:
             return
