@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,32 @@ class ModbusLink:
         self.health.stopped()
 
 
+# A signal's value out of its span's data at its index: made once per signal, used on every poll.
+_Decoder = Callable[[Sequence[Any], int], Any]
+
+
+def _decoder(sig: ModbusSignal) -> _Decoder:
+    if sig.table in ("coil", "discrete_input"):
+        return lambda data, i: bool(data[i])
+    if sig.scale is None and sig.byte_order == "big" and sig.type in ("uint16", "int16"):
+        # One big-endian register, the most common value: what decode() gives, without its byte shuffling.
+        if sig.type == "uint16":
+            return lambda data, i: int(data[i])
+        return lambda data, i: int(data[i]) - 0x10000 if int(data[i]) & 0x8000 else int(data[i])
+    width, type_, scale = sig.width, sig.type, sig.scale
+    orders = {"byte_order": sig.byte_order, "word_order": sig.word_order}
+
+    def generic(data: Sequence[Any], i: int) -> Any:
+        return scaled(decode([int(r) for r in data[i : i + width]], type_, **orders), scale)
+
+    return generic
+
+
+# (span, [(signal name, index in the span's data, decoder)]): one read of a set of signals, planned once.
+_Plan = list[tuple[_Span, list[tuple[str, int, _Decoder]]]]
+MAX_PLANS = 32  # sets of signals a device reads at offset 0 (its poll, a rule's record): a handful
+
+
 class ModbusDriver:
     """Reads a device's signals by name through its endpoint's link."""
 
@@ -134,32 +160,42 @@ class ModbusDriver:
         self.device = device
         self.link = link
         self.last_error: str | None = None
+        self._signals = {s.name: s for s in device.signals}
+        # A poll reads the same signals every time: their requests and decoders are worked out once.
+        self._plans: dict[tuple[str, ...], _Plan] = {}
 
     @property
     def device_id(self) -> str:
         return self.device.id
 
-    async def read(self, names: Sequence[str], slot: int | None = None, stride: int = 0) -> Reading:
-        """Current values of `names`; with a slot, record signals are read `slot·stride` registers further."""
-        offset = (slot or 0) * stride
+    def _plan(self, names: Sequence[str], offset: int) -> _Plan:
+        key = tuple(names)
+        plan = self._plans.get(key) if offset == 0 else None
+        if plan is not None:
+            return plan
         wanted: list[tuple[ModbusSignal, int]] = []
         for n in names:
-            sig = self.device.signal(n)
+            sig = self._signals.get(n)
             if sig is None:
                 raise DeviceError(f"device {self.device.id!r} has no signal {n!r}")
             wanted.append((sig, sig.address + offset))
+        plan = [
+            (span, [(sig.name, addr - span.start, _decoder(sig)) for sig, addr in span.signals])
+            for span in plan_reads(wanted)
+        ]
+        if offset == 0 and len(self._plans) < MAX_PLANS:
+            self._plans[key] = plan
+        return plan
+
+    async def read(self, names: Sequence[str], slot: int | None = None, stride: int = 0) -> Reading:
+        """Current values of `names`; with a slot, record signals are read `slot·stride` registers further."""
+        plan = self._plan(names, (slot or 0) * stride)
         values: dict[str, Any] = {}
         try:
-            for span in plan_reads(wanted):
+            for span, fields in plan:
                 data = await self.link.read(self.device.unit_id, span)
-                for sig, addr in span.signals:
-                    i = addr - span.start
-                    if span.table in ("coil", "discrete_input"):
-                        values[sig.name] = bool(data[i])
-                        continue
-                    regs = [int(r) for r in data[i : i + sig.width]]
-                    raw = decode(regs, sig.type, byte_order=sig.byte_order, word_order=sig.word_order)
-                    values[sig.name] = scaled(raw, sig.scale)
+                for name, i, value_of in fields:
+                    values[name] = value_of(data, i)
         except DeviceError as exc:
             self.last_error = str(exc)
             raise
