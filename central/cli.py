@@ -26,7 +26,8 @@ def _configure_logging(level: str, *, with_pid: bool = False) -> None:
     logging.getLogger("sqlalchemy.engine").setLevel(logging.WARNING)
 
 
-ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfms'
+# %Tf is seconds (0.012345s); %a is the peer: behind nginx, the proxy (the audit trail names the client).
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     mqtt_max_payload_bytes: int = Field(1024 * 1024, ge=1024)
     mqtt_ca_file: str | None = None
     log_level: str = "INFO"
+    # Peers whose X-Forwarded-For / X-Real-IP names the client (nginx on this host by default); the header of
+    # any other peer is ignored.
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
     session_ttl_seconds: int = Field(7 * 24 * 3600, ge=60)
     secure_cookies: bool = False
     sign_in_max_failures: int = Field(5, ge=1)

@@ -37,9 +37,18 @@ def validation_details(exc: ValidationError, where: str) -> list[dict[str, Any]]
     return [{"loc": [where, *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
 
 
-def audit_context(request: web.Request, ep: Endpoint) -> AuditContext:
+def client_ip(request: web.Request) -> str | None:
+    """The client's address: the peer's, or what a trusted reverse proxy says it is. Anyone else could send
+    X-Forwarded-For to fake the audit trail's address and slip the per-address sign-in limit."""
+    peer = request.remote
+    if peer not in request.app[keys.SETTINGS].trusted_proxies:
+        return peer
     fwd = request.headers.get("X-Forwarded-For")
-    ip = fwd.split(",")[0].strip() if fwd else request.headers.get("X-Real-IP") or request.remote
+    return fwd.split(",")[-1].strip() if fwd else request.headers.get("X-Real-IP") or peer
+
+
+def audit_context(request: web.Request, ep: Endpoint) -> AuditContext:
+    ip = client_ip(request)
     body = request.get(keys.BODY)
     return AuditContext(
         entity_type=ep.entity_type,

@@ -45,7 +45,7 @@ from central.api.app import create_app
 from central.config import Settings
 from central.db.base import Base
 from central.db.engine import Database, create_database
-from central.db.models import ApiKey, AuthSession, User
+from central.db.models import ApiKey, AuthSession, SignInAttempt, User
 from central.domain.clock import utcnow
 from shared import topics
 from tests.brokers import Broker, Tls, make_tls
@@ -271,6 +271,36 @@ async def test_s4_sign_in_rate_limit_counts_per_address(
         tested_failures_per_address=per_address,
         refused_code="429 TOO_MANY_ATTEMPTS",
     )
+
+
+async def test_s4_a_forged_forwarded_address_does_not_slip_the_limit(
+    aiohttp_client: Any, settings: Settings, database: Database, make_user: Any
+) -> None:
+    # A client that is not a trusted proxy sends a new X-Forwarded-For with every guess: ignored, the limit
+    # per (its real) address holds, and the attempts record the real address.
+    api = await _app(aiohttp_client, settings, database, sign_in_max_failures=1, trusted_proxies=[])
+    await make_user("op@example.com", "planner")
+    for i in range(10):
+        r = await api.post(
+            "/auth/sign-in/email",
+            json={"email": f"guess-{i}@example.com", "password": "wrong"},
+            headers={"X-Forwarded-For": f"10.9.8.{i}"},
+        )
+        assert r.status == 401
+    assert await _sign_in(api, "op@example.com", "Test123!") == (429, "TOO_MANY_ATTEMPTS")
+    async with database.reader() as s:
+        assert set(await s.scalars(select(SignInAttempt.ip))) == {"127.0.0.1"}
+    # The same requests through a trusted proxy (the test client's loopback address by default): the address
+    # the proxy appended is the client's.
+    proxied = await _app(aiohttp_client, settings, database, sign_in_max_failures=1)
+    r = await proxied.post(
+        "/auth/sign-in/email",
+        json={"email": "guess-x@example.com", "password": "wrong"},
+        headers={"X-Forwarded-For": "6.6.6.6, 10.1.2.3"},
+    )
+    assert r.status == 401
+    async with database.reader() as s:
+        assert "10.1.2.3" in set(await s.scalars(select(SignInAttempt.ip)))
 
 
 # ---- MQTT over TLS, central's consumer -----------------------------------------------------------------
