@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import itertools
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, event, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from central.db.models import (
     ApiKey,
@@ -113,12 +117,56 @@ async def get_session(uow: UnitOfWork) -> dict[str, Any] | None:
     }
 
 
+# A user's grants (roles, permissions, line/station bindings) change rarely and are read on every request, so
+# each process keeps them for GRANTS_TTL seconds. A change this process writes drops them at once (the flush
+# hook below); one written by another process applies within the TTL. The credential itself — session or API
+# key, expiry, revocation, the user being active — is checked against the database on every request, so
+# sign-out, revocation and disabling a user take effect at once in every process.
+GRANTS_TTL = 5.0
+_GRANT_TABLES = (User, Role, UserRoleAssignment, UserLineBinding, UserStationBinding)
+_generation = itertools.count()
+_current = next(_generation)
+
+
+def grants_changed() -> None:
+    global _current
+    _current = next(_generation)
+
+
+@event.listens_for(Session, "after_flush")
+def _after_flush(session: Session, _ctx: Any) -> None:
+    # Still the pre-flush view here: what this flush wrote.
+    written = itertools.chain(session.new, session.dirty, session.deleted)
+    if any(isinstance(o, _GRANT_TABLES) for o in written):
+        grants_changed()
+
+
+@dataclass(frozen=True)
+class _Grants:
+    actor: Actor
+    generation: int
+    loaded_at: float
+
+
 class AuthService:
-    """Resolves credentials to an Actor; caches verified API keys so scrypt runs once per key."""
+    """Resolves credentials to an Actor; caches verified API keys so scrypt runs once per key, and users'
+    grants for GRANTS_TTL seconds."""
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
         self._sessionmaker = sessionmaker
         self._verified_keys: dict[str, str] = {}  # prefix → sha256 of the key already checked with scrypt
+        self._grants: dict[int, _Grants] = {}
+
+    async def _actor(self, s: AsyncSession, user_id: int, **credential: int) -> Actor | None:
+        hit = self._grants.get(user_id)
+        if hit is None or hit.generation != _current or time.monotonic() - hit.loaded_at > GRANTS_TTL:
+            generation = _current
+            actor = await load_actor(s, user_id)
+            if actor is None:
+                return None
+            hit = self._grants[user_id] = _Grants(actor, generation, time.monotonic())
+        kind = "USER" if "api_key_id" not in credential else "API_KEY"
+        return dataclasses.replace(hit.actor, actor_type=kind, **credential)
 
     async def resolve(self, *, cookie: str | None, bearer: str | None) -> Actor | None:
         async with self._sessionmaker() as s:
@@ -129,20 +177,24 @@ class AuthService:
                 return None
             row = (
                 await s.execute(
-                    select(AuthSession.id, AuthSession.user_id, AuthSession.expires_at).where(
-                        AuthSession.token_hash == security.token_digest(token)
-                    )
+                    select(AuthSession.id, AuthSession.user_id, AuthSession.expires_at)
+                    .join(User, User.id == AuthSession.user_id)
+                    .where(AuthSession.token_hash == security.token_digest(token), User.is_active.is_(True))
                 )
             ).first()
             if row is None or row.expires_at <= utcnow():
                 return None
-            return await load_actor(s, row.user_id, session_id=row.id)
+            return await self._actor(s, row.user_id, session_id=row.id)
 
     async def _from_api_key(self, s: AsyncSession, key: str) -> Actor | None:
         prefix = security.api_key_prefix(key)
         if prefix is None:
             return None
-        row = await s.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+        row = await s.scalar(
+            select(ApiKey)
+            .join(User, User.id == ApiKey.user_id)
+            .where(ApiKey.prefix == prefix, User.is_active.is_(True))
+        )
         now = utcnow()
         if row is None or row.revoked_at is not None or (row.expires_at and row.expires_at <= now):
             return None
@@ -151,7 +203,7 @@ class AuthService:
             if not await asyncio.to_thread(security.verify_secret, key, row.key_hash):
                 return None
             self._verified_keys[prefix] = digest
-        return await load_actor(s, row.user_id, api_key_id=row.id)
+        return await self._actor(s, row.user_id, api_key_id=row.id)
 
 
 async def load_actor(

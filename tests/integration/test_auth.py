@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -197,3 +198,43 @@ async def test_multi_role_permissions_are_the_union_with_widest_scope(
     assert {r["code"] for r in me["roles"]} == {"operator", "trace"}
     assert {"exec:track_in", "trace:export"} <= set(me["permissions"])
     assert me["lineIds"] == [line_id] and me["stationIds"] == [st_id]
+
+
+async def test_grants_are_cached_briefly_but_credentials_are_checked_on_every_request(
+    api: Api, database: Database, make_user: Any, monkeypatch: Any
+) -> None:
+    from sqlalchemy import text
+
+    from central.services import auth
+
+    monkeypatch.setattr(auth, "GRANTS_TTL", 1.0)
+    await make_user("cache@example.com", "planner")
+    assert (await api.get("/work-orders", "cache@example.com")).status == 200
+    # Another process takes the role away (plain SQL: not through this process's ORM): this process keeps the
+    # grants it loaded for at most GRANTS_TTL, then reads them again.
+    async with database.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "DELETE FROM user_role_assignments WHERE user_id = "
+                "(SELECT id FROM users WHERE email = 'cache@example.com')"
+            )
+        )
+    assert (await api.get("/work-orders", "cache@example.com")).status == 200
+    await asyncio.sleep(1.2)
+    r = await api.get("/work-orders", "cache@example.com")
+    assert (r.status, r.body["error"]["code"]) == (403, "FORBIDDEN")
+    # Disabling the user takes effect on the very next request, cache or not.
+    await make_user("cache2@example.com", "planner")
+    assert (await api.get("/work-orders", "cache2@example.com")).status == 200
+    async with database.engine.begin() as conn:
+        await conn.execute(text("UPDATE users SET is_active = false WHERE email = 'cache2@example.com'"))
+    assert (await api.get("/work-orders", "cache2@example.com")).status == 401
+    # A change this process writes applies at once (no waiting for the TTL): a role given over REST.
+    await make_user("adm@example.com", "admin")
+    await make_user("cache3@example.com", "trace")
+    assert (await api.get("/work-orders", "cache3@example.com")).status == 403
+    async with database.reader() as s:
+        uid = await s.scalar(select(User.id).where(User.email == "cache3@example.com"))
+    r = await api.patch(f"/users/{uid}", "adm@example.com", json={"roles": ["planner"]})
+    assert r.status == 200, r.body
+    assert (await api.get("/work-orders", "cache3@example.com")).status == 200
