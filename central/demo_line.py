@@ -136,31 +136,39 @@ class DemoLine:
 async def prepare_line_b_run(
     base_url: str, boards: int, *, sn_prefix: str | None = None
 ) -> tuple[str, list[str]]:
-    """Over REST, as a planner and a quality engineer would: a WO for P-2001 on PCBA-AUTO-V1 → released to
-    LINE-B → a run of `boards` units (SNs `sn_prefix` + 4 digits) → FORMAL readiness PASSED → authorized.
+    """An authorized run of P-2001 on PCBA-AUTO-V1 on LINE-B (the simulated line's run): `prepare_run`."""
+    return await prepare_run(base_url, boards, sn_prefix=sn_prefix)
+
+
+async def prepare_run(
+    base_url: str,
+    boards: int,
+    *,
+    sn_prefix: str | None = None,
+    product: str = "P-2001",
+    routing: str = "PCBA-AUTO-V1",
+    line: str = "LINE-B",
+) -> tuple[str, list[str]]:
+    """Over REST, as a planner and a quality engineer would: a WO for `product` on `routing` → released to
+    `line` → a run of `boards` units (SNs `sn_prefix` + 4 digits) → FORMAL readiness PASSED → authorized.
     Returns the run number and the units' SNs."""
+    tag = line.rsplit("-", 1)[-1]
     async with _session(base_url) as http:
         await _sign_in(http, *PLANNER)
-        wo = (await _call(http, "get", "work-orders", params={"search": "WO-DEMO-B"}))["items"]
-        wo_no = f"WO-DEMO-B-{len(wo) + 1:03d}"
+        wo = (await _call(http, "get", "work-orders", params={"search": f"WO-DEMO-{tag}"}))["items"]
+        wo_no = f"WO-DEMO-{tag}-{len(wo) + 1:03d}"
         await _call(
             http,
             "post",
             "integration/work-orders",
-            json={
-                "woNo": wo_no,
-                "productCode": "P-2001",
-                "plannedQty": boards,
-                "routingCode": "PCBA-AUTO-V1",
-            },
+            json={"woNo": wo_no, "productCode": product, "plannedQty": boards, "routingCode": routing},
         )
-        await _call(http, "post", f"work-orders/{wo_no}/release", json={"lineCode": "LINE-B"})
-        run = await _call(
-            http, "post", f"work-orders/{wo_no}/runs", json={"lineCode": "LINE-B", "planQty": boards}
-        )
+        await _call(http, "post", f"work-orders/{wo_no}/release", json={"lineCode": line})
+        body = {"lineCode": line, "planQty": boards}
+        run = await _call(http, "post", f"work-orders/{wo_no}/runs", json=body)
         run_no: str = run["runNo"]
         # PLC registers hold 32 characters of SN: a short prefix rather than the long run number.
-        prefix = sn_prefix or f"SN-DEMO-B{wo_no.rsplit('-', 1)[1]}-"
+        prefix = sn_prefix or f"SN-DEMO-{tag}{wo_no.rsplit('-', 1)[1]}-"
         sns: list[str] = []
         # At most 10,000 units per request; further requests continue the numbering.
         for start in range(0, boards, 10_000):
