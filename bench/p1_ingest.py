@@ -48,7 +48,7 @@ async def measure(ctx: Context, backend: str, seconds: float) -> tuple[e2e.Drain
     ):
         cfg = e2e.edge_config(workdir, ctx.mqtt_url, prefix)
         if ctx.quick:
-            n, start = 1000, 0
+            n, start = 600, 0
         else:
             # Calibration: how fast is this build here? Then a main run of about `seconds`.
             probe = 3000
@@ -75,7 +75,7 @@ async def measure(ctx: Context, backend: str, seconds: float) -> tuple[e2e.Drain
 async def run(ctx: Context) -> list[Row]:
     seconds = ctx.size(4.0, 60.0)
     rows: list[Row] = []
-    mqtt_rate, _ = await mqtt_qos1_ceiling(ctx.mqtt_url, ctx.size(5_000, 50_000))
+    mqtt_rate, _ = await mqtt_qos1_ceiling(ctx.mqtt_url, ctx.size(2_000, 50_000))
     backends = ["sqlite", "postgresql"] if ctx.pg_available else ["sqlite"]
     for backend in backends:
         if backend == "sqlite":

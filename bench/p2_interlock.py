@@ -56,8 +56,8 @@ async def _operator(c: plant.Central) -> None:
 
 
 async def measure(ctx: Context, backend: str) -> tuple[LoadResult, LoadResult, int]:
-    seconds, burst = ctx.size(2.0, 30.0), ctx.size(1.5, 15.0)
-    units = int(RATE / 2 * seconds) + ctx.size(600, 12_000)
+    seconds, burst = ctx.size(1.0, 30.0), ctx.size(1.0, 15.0)
+    units = int(RATE / 2 * seconds) + ctx.size(250, 12_000)
     async with database(ctx, backend) as url, plant.central(url) as c:
         from central.demo_line import prepare_run
 

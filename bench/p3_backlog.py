@@ -46,7 +46,7 @@ async def _produce(path: str, sns: list[str], rate: float, stop: asyncio.Event) 
 
 
 async def run(ctx: Context) -> list[Row]:
-    backlog = ctx.size(1_000, 500_000)
+    backlog = ctx.size(500, 500_000)
     live_n = int(LIVE_RATE * LIMIT)
     workdir = ctx.workdir / "p3"
     workdir.mkdir()
@@ -71,7 +71,7 @@ async def run(ctx: Context) -> list[Row]:
         finally:
             stop.set()
             live_ids = await producer
-            await asyncio.sleep(3)  # the live events stored last get their chance
+            await asyncio.sleep(ctx.size(1.5, 3.0))  # the live events stored last get their chance
             edge.stop()
         async with c.db.reader() as s:
             rows = (
