@@ -55,9 +55,9 @@ async def _operator(c: plant.Central) -> None:
         await create_user(uow, UserCreate.model_validate({**body, "stationIds": [station_id]}))
 
 
-async def measure(ctx: Context, backend: str) -> tuple[LoadResult, LoadResult, int]:
+async def measure(ctx: Context, backend: str) -> tuple[LoadResult, LoadResult, LoadResult, int]:
     seconds, burst = ctx.size(1.0, 30.0), ctx.size(1.0, 15.0)
-    units = int(RATE / 2 * seconds) + ctx.size(250, 12_000)
+    units = int(RATE / 2 * seconds) + ctx.size(300, 14_000)
     async with database(ctx, backend) as url, plant.central(url) as c:
         from central.demo_line import prepare_run
 
@@ -86,10 +86,11 @@ async def measure(ctx: Context, backend: str) -> tuple[LoadResult, LoadResult, i
                         if resp.status != 200:
                             next(failures)
 
+            alone = await closed_loop(pair, burst, concurrency=1)  # the service time, no queue
             paced = await open_loop(pair, RATE / 2, seconds)
             fastest = await closed_loop(pair, burst, concurrency=16)
         # A pair is two requests: the rates and latencies are per request.
-        return _per_request(paced), _per_request(fastest), next(failures)
+        return _per_request(alone), _per_request(paced), _per_request(fastest), next(failures)
 
 
 def _per_request(r: LoadResult) -> LoadResult:
@@ -101,9 +102,18 @@ async def run(ctx: Context) -> list[Row]:
     ceiling = await trivial_http_ceiling(ctx.size(1.5, 15.0), 16)
     backends = ["sqlite"] + (["postgresql"] if ctx.pg_available and not ctx.quick else [])
     for backend in backends:
-        paced, fastest, failed = await measure(ctx, backend)
+        alone, paced, fastest, failed = await measure(ctx, backend)
         note = f"{failed} requests refused" if failed else ""
         rows += [
+            Row(
+                "P2",
+                f"interlock p50, one client (service time), {backend}",
+                alone.p50,
+                "ms",
+                ceiling=ceiling.p50,
+                ceiling_what="trivial handler p50 ms",
+                note=f"p99 {alone.p99:.1f} ms",
+            ),
             Row(
                 "P2",
                 f"interlock p50 at {RATE:.0f} req/s, {backend}",

@@ -1,7 +1,7 @@
 """P6: cost per ingested event within ±20 % from 10 thousand to 10 million rows (quality-bars.md).
 
 The same work at two database sizes (bench/gen.py histories: 10,000 and 10,000,000 tracks; quick: 10,000 and
-200,000): an authorized AUTO run on LINE-ING, then batches of 500 edge events applied in-process by the MQTT
+100,000): an authorized AUTO run on LINE-ING, then batches of 500 edge events applied in-process by the MQTT
 consumer's Applier (one transaction per batch, as central applies an edge batch). Cost = wall time per
 event. Ceiling: the raw bulk insert rate of the same backend (ms per row), measured in the same run.
 
@@ -199,7 +199,7 @@ async def ceiling_ms_per_row(ctx: Context, backend: str) -> float:
 
 
 async def run(ctx: Context) -> list[Row]:
-    large = ctx.size(200_000, 10_000_000)
+    large = ctx.size(100_000, 10_000_000)  # quick: the history P5 generated (cached)
     batches = ctx.size(1, 20)
     backends = ["postgresql"] if ctx.pg_available else ["sqlite"]
     sqlite_plan = gen.read_plan(gen.cached_url("sqlite", large))
