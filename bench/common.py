@@ -118,6 +118,16 @@ async def pg_database(prefix: str = "bench") -> AsyncIterator[str]:
 
 
 @asynccontextmanager
+async def database(ctx: Context, backend: str, name: str) -> AsyncIterator[str]:
+    """A fresh database of `backend` for one measurement; → its SQLAlchemy URL."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{ctx.workdir / f'{name}.db'}"
+    else:
+        async with pg_database(f"bench_{name}") as url:
+            yield url
+
+
+@asynccontextmanager
 async def context(quick: bool) -> AsyncIterator[Context]:
     from central.mqtt.broker import EmbeddedBroker
 

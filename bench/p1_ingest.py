@@ -9,18 +9,16 @@ does not run for hours and a fast one is still measured over a full minute.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import AsyncIterator
 
 from bench import ingest_e2e as e2e
 from bench import plant
 from bench.common import (
     Context,
     Row,
+    database,
     mqtt_qos1_ceiling,
     pg_bulk_insert_ceiling,
-    pg_database,
     sqlite_bulk_insert_ceiling,
     standalone,
 )
@@ -29,21 +27,12 @@ TARGET = 5000.0
 MAX_EVENTS = 400_000
 
 
-@contextlib.asynccontextmanager
-async def database(ctx: Context, backend: str) -> AsyncIterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{ctx.workdir / 'p1.db'}"
-    else:
-        async with pg_database("bench_p1") as url:
-            yield url
-
-
 async def measure(ctx: Context, backend: str, seconds: float) -> tuple[e2e.Drain, int]:
     prefix = e2e.topic_prefix()
     workdir = ctx.workdir / f"p1-{backend}"
     workdir.mkdir()
     async with (
-        database(ctx, backend) as url,
+        database(ctx, backend, "p1") as url,
         plant.central(url, mqtt_url=ctx.mqtt_url, mqtt_topic_prefix=prefix) as c,
     ):
         cfg = e2e.edge_config(workdir, ctx.mqtt_url, prefix)

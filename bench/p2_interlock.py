@@ -9,9 +9,7 @@ and §4.2 runs, and both writes commit).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
-from collections.abc import AsyncIterator
 
 import aiohttp
 from sqlalchemy import select
@@ -22,8 +20,8 @@ from bench.common import (
     LoadResult,
     Row,
     closed_loop,
+    database,
     open_loop,
-    pg_database,
     standalone,
     trivial_http_ceiling,
 )
@@ -33,15 +31,6 @@ STATION = "ST-B-PRINT-01"
 OPERATOR = "bench-operator@example.com"
 PASSWORD = "Bench-operator-1"
 RATE = 200.0  # requests/s: 100 pairs
-
-
-@contextlib.asynccontextmanager
-async def database(ctx: Context, backend: str) -> AsyncIterator[str]:
-    if backend == "sqlite":
-        yield f"sqlite+aiosqlite:///{ctx.workdir / 'p2.db'}"
-    else:
-        async with pg_database("bench_p2") as url:
-            yield url
 
 
 async def _operator(c: plant.Central) -> None:
@@ -58,7 +47,7 @@ async def _operator(c: plant.Central) -> None:
 async def measure(ctx: Context, backend: str) -> tuple[LoadResult, LoadResult, LoadResult, int]:
     seconds, burst = ctx.size(1.0, 30.0), ctx.size(1.0, 15.0)
     units = int(RATE / 2 * seconds) + ctx.size(300, 14_000)
-    async with database(ctx, backend) as url, plant.central(url) as c:
+    async with database(ctx, backend, "p2") as url, plant.central(url) as c:
         from central.demo_line import prepare_run
 
         await _operator(c)

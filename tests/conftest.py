@@ -20,6 +20,9 @@ from central.db.migrate import upgrade
 from tests import services
 from tests.client import Api
 
+# The whole-system fixtures (seeded SQLite, broker process, Stack) shared by tests/e2e and tests/reliability.
+pytest_plugins = ["tests.e2e.fixtures"]
+
 _TEMPLATE_PG = f"mes_tpl_{os.getpid()}"
 _USED: set[str] = set()
 

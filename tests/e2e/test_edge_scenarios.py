@@ -13,26 +13,19 @@ import asyncio
 import math
 import os
 import random
-import shutil
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
-import pytest
 
 from shared import topics
 from tests.brokers import Broker
 from tests.e2e.edge_system import (
     EDGE_ID,
     QUALITY,
-    ROOT,
     ROUTE,
     Line,
     Rest,
@@ -43,52 +36,6 @@ from tests.e2e.edge_system import (
 )
 
 TAKT = 0.3
-
-
-@pytest.fixture(scope="module")
-def seeded_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A SQLite database migrated and seeded once by `mes-central migrate` + `seed demo`; copied per test."""
-    path = tmp_path_factory.mktemp("seeded") / "mes.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_")}
-    env.update(MES_DATABASE_URL=f"sqlite+aiosqlite:///{path}", MES_ALLOW_DEMO_SEED="true")
-    key_file = str(path.parent / "edge.key")
-    for args in (["migrate"], ["seed", "demo", "--edge-key-file", key_file]):
-        done = subprocess.run(
-            [sys.executable, "-m", "central.cli", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-    return path
-
-
-@pytest.fixture
-def sqlite_url(seeded_sqlite: Path, tmp_path: Path) -> str:
-    target = tmp_path / "mes.db"
-    shutil.copyfile(seeded_sqlite, target)
-    return f"sqlite+aiosqlite:///{target}"
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    await asyncio.to_thread(b.start)
-    yield b
-    await asyncio.to_thread(b.stop)
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    s = Stack(tmp_path)
-    try:
-        yield s
-    finally:
-        print(s.logs())  # shown by pytest when the test failed
-        await s.close()
 
 
 def rest_of(stack: Stack) -> Rest:

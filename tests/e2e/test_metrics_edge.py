@@ -5,70 +5,18 @@ parser while the line produces, while a machine is switched off, and while the b
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from central.demo_line import line_b_sim_config
 from edge.sim.line import SimLine
 from tests.brokers import Broker, free_port
-from tests.e2e.edge_system import ROOT, ROUTE, EdgeAgent, Line, Rest, Stack, eventually, records_of
+from tests.e2e.edge_system import ROUTE, EdgeAgent, Line, Rest, Stack, eventually, records_of
 
 TAKT = 0.3
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-@pytest.fixture(scope="module")
-def seeded_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("seeded") / "mes.db"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MES_")}
-    env.update(MES_DATABASE_URL=f"sqlite+aiosqlite:///{path}", MES_ALLOW_DEMO_SEED="true")
-    key_file = str(path.parent / "edge.key")
-    for args in (["migrate"], ["seed", "demo", "--edge-key-file", key_file]):
-        done = subprocess.run(
-            [sys.executable, "-m", "central.cli", *args],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert done.returncode == 0, done.stderr
-    return path
-
-
-@pytest.fixture
-def sqlite_url(seeded_sqlite: Path, tmp_path: Path) -> str:
-    target = tmp_path / "mes.db"
-    shutil.copyfile(seeded_sqlite, target)
-    return f"sqlite+aiosqlite:///{target}"
-
-
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    await asyncio.to_thread(b.start)
-    yield b
-    await asyncio.to_thread(b.stop)
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    s = Stack(tmp_path)
-    try:
-        yield s
-    finally:
-        print(s.logs())  # shown by pytest when the test failed
-        await s.close()
 
 
 async def line_with_metrics(stack: Stack, run_no: str, sns: list[str], port: int) -> Line:

@@ -97,24 +97,6 @@ async def proxy() -> AsyncIterator[TcpProxy]:
     await p.stop()
 
 
-@pytest.fixture
-async def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    await asyncio.to_thread(b.start)
-    yield b
-    await asyncio.to_thread(b.stop)
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    s = Stack(tmp_path)
-    try:
-        yield s
-    finally:
-        print(s.logs())  # shown by pytest when the test failed
-        await s.close()
-
-
 class AckWatch:
     """Every ack central publishes to the edge, seen on the broker as a third party (paho thread)."""
 
