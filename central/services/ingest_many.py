@@ -60,11 +60,13 @@ async def ingest_many(uow: UnitOfWork, bodies: list[IngestEventIn]) -> list[dict
         ]
         done_runs: dict[int, Run] = {}
         segment: list[Event] = []
+        seen: set[str | None] = set()
         for ev in events:
-            if ev.norm.sn in {e.norm.sn for e in segment}:
+            if ev.norm.sn in seen:
                 await _apply_segment(uow, segment, done_runs)
-                segment = []
+                segment, seen = [], set()
             segment.append(ev)
+            seen.add(ev.norm.sn)
         await _apply_segment(uow, segment, done_runs)
         for run in done_runs.values():
             await closeout.after_units_changed(uow, run)
