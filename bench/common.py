@@ -107,10 +107,11 @@ def pg_url(database: str, driver: str = "postgresql+asyncpg") -> str:
 
 
 @asynccontextmanager
-async def pg_database(prefix: str = "bench") -> AsyncIterator[str]:
-    """A fresh PostgreSQL database for one program; → its SQLAlchemy URL. Dropped afterwards."""
+async def pg_database(prefix: str = "bench", template: str | None = None) -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for one program (a copy of `template` when given); → its SQLAlchemy URL.
+    Dropped afterwards."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    await pg_admin(f'CREATE DATABASE "{name}"')
+    await pg_admin(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     try:
         yield pg_url(name)
     finally:

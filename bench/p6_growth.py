@@ -32,9 +32,8 @@ from bench import gen, plant
 from bench.common import (
     Context,
     Row,
-    pg_admin,
     pg_bulk_insert_ceiling,
-    pg_url,
+    pg_database,
     sqlite_bulk_insert_ceiling,
     standalone,
 )
@@ -60,12 +59,8 @@ async def working_copy(backend: str, tracks: int, ctx: Context) -> AsyncIterator
         yield cached  # too big to copy: the events go into the cache (module docstring)
         return
     if backend == "postgresql":
-        name = f"bench_p6_{uuid.uuid4().hex[:8]}"
-        await pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{make_url(cached).database}"')
-        try:
-            yield pg_url(name)
-        finally:
-            await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        async with pg_database("bench_p6", template=make_url(cached).database) as url:
+            yield url
     else:
         path = ctx.workdir / f"p6-{tracks}.db"
         shutil.copyfile(str(make_url(cached).database), path)

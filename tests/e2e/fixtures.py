@@ -8,11 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests import services
 from tests.brokers import Broker
 from tests.e2e.edge_system import ROOT, Stack
 
@@ -61,3 +63,26 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     finally:
         print(s.logs())  # shown by pytest when the test failed
         await s.close()
+
+
+@pytest.fixture
+def shared_pg(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A PostgreSQL database of its own (migrated, from the session template) for several processes."""
+    if not services.postgres_available():  # MES_REQUIRE_SERVICES=1 (CI) raises instead of landing here
+        pytest.skip("several central processes share one PostgreSQL database: PostgreSQL is not reachable")
+    template = request.getfixturevalue("pg_template")
+    name = f"mes_sh_{uuid.uuid4().hex[:10]}"
+    asyncio.run(services.pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    yield services.pg_url(name)
+    asyncio.run(services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def mosquitto(tmp_path: Path) -> AsyncIterator[Broker]:
+    """A Mosquitto of the test's own: MQTT v5 shared subscriptions (the embedded broker has none)."""
+    b = Broker(tmp_path / "broker")
+    if b.kind != "mosquitto":  # MES_REQUIRE_SERVICES=1 (CI) raises in Broker() instead of landing here
+        pytest.skip("MQTT v5 shared subscriptions need Mosquitto, which is not installed")
+    await asyncio.to_thread(b.start)
+    yield b
+    await asyncio.to_thread(b.stop)

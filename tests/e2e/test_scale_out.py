@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -57,28 +56,6 @@ GROUP = "mes-central"
 ADMIN = "admin@example.com"
 _WORKER_UP = re.compile(r"\[(\d+)\] central\.mqtt: MQTT connected")
 _ANSWER = re.compile(r"\[(\d+)\] aiohttp\.access: \S+ \"GET /api/health\?probe=(\w+) ")
-
-
-@pytest.fixture
-def pg_db(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A PostgreSQL database of its own (migrated, from the session template) for the central processes."""
-    if not services.postgres_available():  # MES_REQUIRE_SERVICES=1 (CI) raises instead of landing here
-        pytest.skip("several central processes share one PostgreSQL database: PostgreSQL is not reachable")
-    template = request.getfixturevalue("pg_template")
-    name = f"mes_so_{uuid.uuid4().hex[:10]}"
-    asyncio.run(services.pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield services.pg_url(name)
-    asyncio.run(services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture
-async def mosquitto(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    if b.kind != "mosquitto":  # MES_REQUIRE_SERVICES=1 (CI) raises in Broker() instead of landing here
-        pytest.skip("MQTT v5 shared subscriptions need Mosquitto, which is not installed")
-    await asyncio.to_thread(b.start)
-    yield b
-    await asyncio.to_thread(b.stop)
 
 
 def _central(workdir: Path, db_url: str, broker: Broker) -> Central:
@@ -123,9 +100,9 @@ async def _probe(c: Central, tag: str, n: int) -> dict[str, int]:
 
 
 async def test_serve_workers_share_the_port_restart_a_dead_worker_and_stop_on_sigterm(
-    pg_db: str, mosquitto: Broker, tmp_path: Path
+    shared_pg: str, mosquitto: Broker, tmp_path: Path
 ) -> None:
-    c = _central(tmp_path / "central", pg_db, mosquitto)
+    c = _central(tmp_path / "central", shared_pg, mosquitto)
     # A fixed client id must become one per worker, or the broker would keep dropping one of the two.
     c.env["MES_MQTT_CLIENT_ID"] = "mes-central-so"
     await c.spawn(["-m", "central.cli", "serve", "--workers", "2"], c.env)
@@ -332,11 +309,11 @@ async def _load_with_a_kill(
 
 
 async def test_two_serve_processes_share_all_state_and_survive_a_kill(
-    pg_db: str, mosquitto: Broker, tmp_path: Path
+    shared_pg: str, mosquitto: Broker, tmp_path: Path
 ) -> None:
-    a, b = _central(tmp_path / "a", pg_db, mosquitto), _central(tmp_path / "b", pg_db, mosquitto)
+    a, b = _central(tmp_path / "a", shared_pg, mosquitto), _central(tmp_path / "b", shared_pg, mosquitto)
     a.name, b.name = "central a", "central b"
-    database = create_database(pg_db, pool_size=2)
+    database = create_database(shared_pg, pool_size=2)
     apis = [_api(a), _api(b)]
     apis[1].tokens = apis[0].tokens  # a token minted by one process is used on the other
     started = time.monotonic()

@@ -25,7 +25,6 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -33,7 +32,6 @@ from typing import Any, cast
 import aiohttp
 import orjson
 import paho.mqtt.client as mqtt
-import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import func, select
 
@@ -41,7 +39,6 @@ from central.db.engine import Database, create_database
 from central.db.models import AuditEvent, MesEvent, Track, Unit
 from central.demo_line import prepare_line_b_run
 from shared import topics
-from tests import services
 from tests.brokers import Broker
 from tests.client import Api, Resp
 from tests.e2e.edge_system import (
@@ -203,28 +200,6 @@ GROUP = "mes-central"
 FIRST_STATION = "ST-B-PRINT-01"
 STORM_COPIES = 10
 _APPLIED = re.compile(r"batch (\S+) of edge (\S+): (.*) \(pid (\d+)\)")
-
-
-@pytest.fixture
-def shared_pg(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A PostgreSQL database of its own for the two processes (migrated from the session template)."""
-    if not services.postgres_available():  # MES_REQUIRE_SERVICES=1 (CI) raises instead of landing here
-        pytest.skip("two central processes share one PostgreSQL database: PostgreSQL is not reachable")
-    template = request.getfixturevalue("pg_template")
-    name = f"mes_r2_{uuid.uuid4().hex[:10]}"
-    asyncio.run(services.pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield services.pg_url(name)
-    asyncio.run(services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.fixture
-async def mosquitto(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(tmp_path / "broker")
-    if b.kind != "mosquitto":  # MES_REQUIRE_SERVICES=1 (CI) raises in Broker() instead of landing here
-        pytest.skip("MQTT v5 shared subscriptions need Mosquitto, which is not installed")
-    await asyncio.to_thread(b.start)
-    yield b
-    await asyncio.to_thread(b.stop)
 
 
 class _Http:
