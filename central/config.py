@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     sign_in_max_failures: int = Field(5, ge=1)
     sign_in_window_seconds: int = Field(900, ge=1)
     idempotency_ttl_seconds: int = Field(24 * 3600, ge=60)
+    # How long a claimed Idempotency-Key is held for a request that has not committed: after it, a retry takes
+    # over the claim of a request that died with its process (services/idempotency.py).
+    idempotency_lease_seconds: int = Field(120, ge=1)
     allow_demo_seed: bool = False
     bootstrap_admin_email: str | None = None
     bootstrap_admin_password: SecretStr | None = None

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from central.services.actor import Actor
+from central.services.idempotency import Claim
 
 if TYPE_CHECKING:
     from central.api.registry import Endpoint
@@ -25,3 +26,4 @@ MQTT: web.AppKey[MqttConsumer | None] = web.AppKey("mqtt")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 ACTOR: web.RequestKey[Actor] = web.RequestKey("actor", Actor)
 BODY: web.RequestKey[Any] = web.RequestKey("body", object)
+IDEMPOTENCY_CLAIM: web.RequestKey[Claim] = web.RequestKey("idempotency_claim", Claim)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import uuid
@@ -136,37 +135,45 @@ async def idempotency_mw(request: web.Request, handler: Handler) -> web.StreamRe
         raise MesError("VALIDATION_FAILED", "Idempotency-Key must be 1..128 characters", 422)
     actor = request[keys.ACTOR]
     caller = f"k{actor.api_key_id}" if actor.api_key_id else f"u{actor.user_id}"
-    body_hash = hashlib.sha256(
-        request.method.encode() + b" " + request.path.encode() + b"\n" + await request.read()
-    ).hexdigest()
+    body_hash = idempotency.request_hash(request.method, request.path, await request.read())
     db = request.app[keys.DB]
-    ttl = request.app[keys.SETTINGS].idempotency_ttl_seconds
-    stored = await idempotency.begin(db.writer, caller, key, request.method, request.path, body_hash, ttl)
-    if stored is not None:
+    settings = request.app[keys.SETTINGS]
+    claim = await idempotency.begin(
+        db.writer,
+        caller,
+        key,
+        request.method,
+        request.path,
+        body_hash,
+        settings.idempotency_ttl_seconds,
+        settings.idempotency_lease_seconds,
+    )
+    if isinstance(claim, idempotency.StoredResponse):
         return web.Response(
-            body=stored.body,
-            status=stored.status,
+            body=claim.body,
+            status=claim.status,
             content_type="application/json",
             headers={"Idempotency-Replayed": "true"},
         )
+    request[keys.IDEMPOTENCY_CLAIM] = claim  # Req.write marks it APPLIED inside the business transaction
     try:
         response = await handler(request)
     except MesError as exc:
         if exc.status in (400, 404, 409):
             # A business refusal is this key's answer: a replay gets the same refusal, never a second try.
             await idempotency.finish(
-                db.writer, caller, key, exc.status, fail(exc.status, exc.code, exc.message, exc.details).body
+                db.writer, claim, exc.status, fail(exc.status, exc.code, exc.message, exc.details).body
             )
         else:
-            await idempotency.abandon(db.writer, caller, key)
+            await idempotency.abandon(db.writer, claim)
         raise
     except BaseException:
         # Validation, auth or server errors store nothing: the caller may fix the request and retry.
-        await idempotency.abandon(db.writer, caller, key)
+        await idempotency.abandon(db.writer, claim)
         raise
     body: Any = getattr(response, "body", None)
     if isinstance(body, bytes) and response.status < 500:
-        await idempotency.finish(db.writer, caller, key, response.status, body)
+        await idempotency.finish(db.writer, claim, response.status, body)
     else:
-        await idempotency.abandon(db.writer, caller, key)
+        await idempotency.abandon(db.writer, claim)
     return response

@@ -105,7 +105,11 @@ class Req:
         self, fn: Callable[Concatenate[UnitOfWork, P], Awaitable[R]], *args: P.args, **kwargs: P.kwargs
     ) -> R:
         async with UnitOfWork(
-            self._db.writer, self.actor, audit_context(self.request, self.endpoint), self.settings
+            self._db.writer,
+            self.actor,
+            audit_context(self.request, self.endpoint),
+            self.settings,
+            idempotency=self.request.get(keys.IDEMPOTENCY_CLAIM),
         ) as uow:
             return await fn(uow, *args, **kwargs)
 

@@ -13,6 +13,7 @@ from central.config import Settings
 from central.db.models import AuditEvent
 from central.domain.clock import utcnow
 from central.services.actor import SYSTEM_ACTOR, Actor
+from central.services.idempotency import Claim, mark_applied
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class UnitOfWork:
     ctx: AuditContext = field(default_factory=AuditContext)
     # Behaviour switches some use cases read (e.g. outbound feedback on run completion); None = defaults.
     settings: Settings | None = None
+    # The Idempotency-Key this request holds: marked APPLIED in this transaction, so a crash after the commit
+    # never lets the key run twice (services/idempotency.py).
+    idempotency: Claim | None = None
     session: AsyncSession = field(init=False)
     audited: bool = field(default=False, init=False)
     # While a batch of equipment events is applied set-based (services/ingest_many.py): the rows it loaded
@@ -71,6 +75,8 @@ class UnitOfWork:
             if exc_type is None:
                 if self.ctx.is_write and not self.audited:
                     self.audit(None, None, payload=self.ctx.payload)
+                if self.idempotency is not None:
+                    await mark_applied(self.session, self.idempotency)
                 await self.session.commit()
             else:
                 await self.session.rollback()

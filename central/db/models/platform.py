@@ -47,7 +47,9 @@ class IdempotencyRecord(IdMixin, Base):
     method: Mapped[str] = mapped_column(String(8))
     path: Mapped[str] = mapped_column(String(500))
     body_hash: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))  # IN_PROGRESS | DONE
+    state: Mapped[str] = mapped_column(String(16))  # IN_PROGRESS | APPLIED | DONE (services/idempotency.py)
+    # The token of the request that holds the key (a retry may take an abandoned claim over).
+    claim: Mapped[str] = mapped_column(String(32), default="", server_default="")
     status_code: Mapped[int | None] = mapped_column(Integer)
     response_body: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime]
