@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,11 @@ class Settings(BaseSettings):
     mqtt_client_id: str | None = None
     # A batch larger than this is refused unread (edge.md allows 256 KiB; the margin covers older agents).
     mqtt_max_payload_bytes: int = Field(1024 * 1024, ge=1024)
+    # TLS (mqtts:// only): the CA that signed the broker's certificate (the system store when unset), and a
+    # client certificate for a listener that requires one (mutual TLS; the key in cert_file or key_file).
     mqtt_ca_file: str | None = None
+    mqtt_cert_file: str | None = None
+    mqtt_key_file: str | None = None
     log_level: str = "INFO"
     # Peers whose X-Forwarded-For / X-Real-IP names the client (nginx on this host by default); the header of
     # any other peer is ignored.
@@ -100,6 +105,24 @@ class Settings(BaseSettings):
         if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
         return v
+
+    @model_validator(mode="after")
+    def _mqtt_tls(self) -> Settings:
+        if not self.mqtt_url.startswith("mqtts://"):
+            # A CA or client certificate beside a plain URL means TLS was expected: refuse, never downgrade.
+            for name in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: TLS settings need an mqtts:// mqtt_url")
+        if self.mqtt_key_file is not None and self.mqtt_cert_file is None:
+            raise ValueError("mqtt_key_file: needs mqtt_cert_file (the client certificate)")
+        return self
+
+    def mqtt_ssl_context(self) -> ssl.SSLContext:
+        """Certificate and host name always verified: a certificate problem is an error, never plain text."""
+        ctx = ssl.create_default_context(cafile=self.mqtt_ca_file)
+        if self.mqtt_cert_file is not None:
+            ctx.load_cert_chain(self.mqtt_cert_file, self.mqtt_key_file)
+        return ctx
 
     @model_validator(mode="after")
     def _outbound_target(self) -> Settings:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import ssl
 import time
 import uuid
 from collections import Counter
@@ -73,7 +72,7 @@ class MqttConsumer:
         if parts.username:
             client.username_pw_set(unquote(parts.username), unquote(parts.password or ""))
         if parts.scheme == "mqtts":
-            client.tls_set_context(ssl.create_default_context(cafile=self.settings.mqtt_ca_file))
+            client.tls_set_context(self.settings.mqtt_ssl_context())
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect

@@ -9,13 +9,17 @@ Mosquitto keeps one publisher's messages in order.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
+import json
 import os
 import queue
+import shutil
 import ssl
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,8 +34,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from paho.mqtt.enums import CallbackAPIVersion
 
+from central.api.app import create_app
+from central.config import Settings
+from central.db.engine import create_database
 from shared import topics
 from tests.brokers import MOSQUITTO, free_port
+from tests.client import Api
+from tests.integration.test_mqtt_consumer import ingest_event, now
 
 CONFIG = Path(__file__).resolve().parents[2] / "config"
 EXAMPLE = CONFIG / "mosquitto-tls.conf.example"
@@ -46,6 +55,8 @@ class Pki:
     server_key: Path
     client_cert: Path  # CN=edge-a, signed by the CA
     client_key: Path
+    central_cert: Path  # CN=mes-central, signed by the CA
+    central_key: Path
 
 
 def _cert(
@@ -68,7 +79,7 @@ def _cert(
 
 
 def make_pki(workdir: Path) -> Pki:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate for edge-a."""
+    """A throwaway CA, a server certificate for 127.0.0.1, client certificates for edge-a and mes-central."""
     pem = serialization.Encoding.PEM
 
     def write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> Path:
@@ -89,6 +100,8 @@ def make_pki(workdir: Path) -> Pki:
     cli_key = ec.generate_private_key(ec.SECP256R1())
     eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
     cli = _cert("edge-a", ca.subject, cli_key.public_key(), ca_key, ca=False, ext=[eku])
+    central_key = ec.generate_private_key(ec.SECP256R1())
+    central = _cert("mes-central", ca.subject, central_key.public_key(), ca_key, ca=False, ext=[eku])
     workdir.mkdir(parents=True, exist_ok=True)
     return Pki(
         ca=write_cert(workdir / "ca.crt", ca),
@@ -96,6 +109,8 @@ def make_pki(workdir: Path) -> Pki:
         server_key=write_key(workdir / "server.key", srv_key),
         client_cert=write_cert(workdir / "edge-a.crt", cli),
         client_key=write_key(workdir / "edge-a.key", cli_key),
+        central_cert=write_cert(workdir / "mes-central.crt", central),
+        central_key=write_key(workdir / "mes-central.key", central_key),
     )
 
 
@@ -309,3 +324,68 @@ def test_with_mutual_tls_the_certificate_is_the_edge_identity(mtls_broker: Runni
     finally:
         for c in (no_cert, central, edge_a):
             c.close()
+
+
+async def _central_mqtt_state(
+    aiohttp_client: Any, settings: Settings, connected_within: float
+) -> tuple[Any, str]:
+    """A real central (app and MQTT consumer): its MQTT state once connected, or when the wait is over."""
+    database = create_database(settings.database_url, pool_size=2)
+    api = Api(await aiohttp_client(create_app(settings, database=database)))
+    deadline = time.monotonic() + connected_within
+    while True:
+        state = (await api.get("/health")).data["mqtt"]
+        if state == "connected" or time.monotonic() > deadline:
+            return database, state
+        await asyncio.sleep(0.1)
+
+
+async def test_central_presents_its_client_certificate_where_the_listener_requires_one(
+    mtls_broker: RunningBroker, pki: Pki, aiohttp_client: Any, sqlite_template: Path, tmp_path: Path
+) -> None:
+    """Central on the mutual-TLS edge listener: its certificate (CN=mes-central) is its identity under the
+    shipped ACL — it reads edge-a's batch and answers on edge-a's acks topic. Without the certificate the
+    broker refuses it, and a certificate beside a plain URL is refused by the settings."""
+    edge_port, _ = mtls_broker.ports
+    shutil.copyfile(sqlite_template, tmp_path / "mes.db")
+    tls = {"mqtt_url": f"mqtts://127.0.0.1:{edge_port}", "mqtt_ca_file": str(pki.ca)}
+    base = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path / 'mes.db'}", migrate_on_start=False)
+    with_cert = base.model_copy(
+        update={**tls, "mqtt_cert_file": str(pki.central_cert), "mqtt_key_file": str(pki.central_key)}
+    )
+    database, state = await _central_mqtt_state(aiohttp_client, with_cert, connected_within=15)
+    edge_a = Client(edge_port, pki, client_cert=True)
+    try:
+        assert state == "connected"
+        assert edge_a.accepted()
+        edge_a.subscribe(topics.acks("edge-a"))
+        batch = {
+            "schemaVersion": 1,
+            "edgeId": "edge-a",
+            "batchId": uuid.uuid4().hex,
+            "sentAt": now(),
+            "events": [ingest_event(1, "SN-MTLS", "RUN-MTLS")],
+        }
+        edge_a.publish(topics.events("edge-a"), json.dumps(batch).encode())
+        topic, payload = await asyncio.to_thread(edge_a.inbox.get, True, WAIT)
+        ack = json.loads(payload)
+        assert topic == topics.acks("edge-a") and ack["batchId"] == batch["batchId"]
+        assert (ack["results"][0]["status"], ack["results"][0]["code"]) == ("REJECTED", "EDGE_NOT_REGISTERED")
+    finally:
+        edge_a.close()
+        await database.dispose()
+
+    database, state = await _central_mqtt_state(
+        aiohttp_client, base.model_copy(update=tls), connected_within=3
+    )
+    await database.dispose()
+    assert state != "connected"  # the listener wants a certificate; a central without one stays out
+
+    with pytest.raises(ValueError, match="mqtt_cert_file: TLS settings need an mqtts://"):
+        Settings(
+            database_url=base.database_url,
+            mqtt_url=f"mqtt://127.0.0.1:{edge_port}",
+            mqtt_cert_file=str(pki.central_cert),
+        )
+    with pytest.raises(ValueError, match="mqtt_key_file: needs mqtt_cert_file"):
+        Settings(database_url=base.database_url, **tls, mqtt_key_file=str(pki.central_key))
