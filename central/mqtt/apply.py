@@ -26,6 +26,7 @@ from central.domain.clock import utcnow
 from central.domain.errors import MesError
 from central.mqtt import parked
 from central.mqtt.dispatch import HANDLERS, ingest_body
+from central.schemas.ingest import IngestEventIn
 from central.services.actor import Actor
 from central.services.auth import load_actor
 from central.services.ingest_many import NotEligible, flush, ingest_many
@@ -88,28 +89,16 @@ class Applier:
         counts = {"ACCEPTED": 0, "DUPLICATE": 0, "REJECTED": 0}
         async with UnitOfWork(self.db.writer, actor, ctx, self.settings) as uow:
             known = await _receipts(uow, batch.edge_id, [e.event_id for e in events])
-            fast = await _apply_fast(uow, batch, [e for e in events if e.event_id not in known])
-            retry_rest = False
-            for ev in events:
-                if fast is not None and ev.event_id in fast:
-                    results.append(fast[ev.event_id])
-                    counts["ACCEPTED"] += 1
-                    continue
-                if retry_rest:
-                    results.append(AckResult(event_id=ev.event_id, status="RETRY", code="EARLIER_RETRY"))
-                    continue
-                if ev.event_id in known:
-                    results.append(AckResult(event_id=ev.event_id, status="DUPLICATE"))
-                    counts["DUPLICATE"] += 1
-                    continue
-                res = await _apply_one(uow, batch, ev)
-                results.append(res)
-                if res.status == "RETRY":
-                    retry_rest = True
-                else:
-                    counts[res.status] += 1
-                    if res.status != "REJECTED":
-                        known.add(ev.event_id)
+            lane = _Lane(uow, batch, known)
+            fresh = [e for e in events if e.event_id not in known]
+            answers = dict(zip(map(id, fresh), await lane.apply(fresh), strict=True))
+            results = [
+                answers.get(id(e)) or AckResult(event_id=e.event_id, status="DUPLICATE") for e in events
+            ]
+            counts = {"ACCEPTED": 0, "DUPLICATE": 0, "REJECTED": 0}
+            for r in results:
+                if r.status in counts:
+                    counts[r.status] += 1
             if counts["ACCEPTED"]:
                 # Something moved: events that waited for their unit may fit now.
                 await parked.retry_waiting(
@@ -152,18 +141,100 @@ async def _receipts(uow: UnitOfWork, edge_id: str, event_ids: list[str]) -> set[
     return set(rows)
 
 
+# A set-based attempt refused on more events than this is split in halves, each tried set-based again, so one
+# event that cannot go fast (its unit not there yet, a refusal) costs a few attempts, not the whole batch.
+SPLIT_ABOVE = 8
+
+
+class _Lane:
+    """The events of one batch, in seq order: runs of equipment events set-based (services/ingest_many.py),
+    everything else — other kinds, BATCH events, what a set-based attempt refused — one by one."""
+
+    def __init__(self, uow: UnitOfWork, batch: EventBatch, known: set[str]) -> None:
+        self.uow, self.batch = uow, batch
+        self.known = set(known)  # eventIds answered ACCEPTED/DUPLICATE so far: a repeat is a DUPLICATE
+        self.retry = False  # a RETRY answer: every later event of the batch is RETRY too (resent in order)
+        self.bodies: dict[int, IngestEventIn] = {}
+
+    async def apply(self, events: list[EdgeEvent]) -> list[AckResult]:
+        self.bodies = _fast_bodies(self.uow, self.batch, events)
+        out: list[AckResult] = []
+        for fast, group in _groups(events, self.bodies):
+            out += await (self._fast_or_split(group) if fast else self._one_by_one(group))
+        return out
+
+    async def _fast_or_split(self, events: list[EdgeEvent]) -> list[AckResult]:
+        if self.retry:
+            return self._retry_all(events)
+        if len(events) >= 2:
+            done = await _apply_fast(self.uow, self.batch, events, [self.bodies[id(e)] for e in events])
+            if done is not None:
+                self.known.update(e.event_id for e in events)
+                return done
+        if len(events) <= SPLIT_ABOVE:
+            return await self._one_by_one(events)
+        half = len(events) // 2
+        first = await self._fast_or_split(events[:half])
+        return first + await self._fast_or_split(events[half:])
+
+    async def _one_by_one(self, events: list[EdgeEvent]) -> list[AckResult]:
+        out: list[AckResult] = []
+        for ev in events:
+            if self.retry:
+                out += self._retry_all([ev])
+                continue
+            if ev.event_id in self.known:
+                out.append(AckResult(event_id=ev.event_id, status="DUPLICATE"))
+                continue
+            res = await _apply_one(self.uow, self.batch, ev)
+            out.append(res)
+            if res.status == "RETRY":
+                self.retry = True
+            elif res.status != "REJECTED":
+                self.known.add(ev.event_id)
+        return out
+
+    @staticmethod
+    def _retry_all(events: list[EdgeEvent]) -> list[AckResult]:
+        return [AckResult(event_id=e.event_id, status="RETRY", code="EARLIER_RETRY") for e in events]
+
+
+def _fast_bodies(uow: UnitOfWork, batch: EventBatch, events: list[EdgeEvent]) -> dict[int, IngestEventIn]:
+    """The ingest bodies of the events that may go set-based (by id() of the event): AUTO/TEST equipment
+    events that parse. None at all when the edge may not ingest (each event then gets its own refusal)."""
+    perms = HANDLERS["INGEST"][0]
+    if perms and not uow.actor.has_any(perms):
+        return {}
+    bodies: dict[int, IngestEventIn] = {}
+    for ev in events:
+        if ev.kind != "INGEST":
+            continue
+        try:
+            body = ingest_body(batch.edge_id, ev)
+        except ValidationError:
+            continue  # the one-by-one path answers it with the exact validation error
+        if body.event_type != "BATCH" and isinstance(body.payload, dict):
+            bodies[id(ev)] = body
+    return bodies
+
+
+def _groups(events: list[EdgeEvent], bodies: dict[int, IngestEventIn]) -> list[tuple[bool, list[EdgeEvent]]]:
+    """Consecutive runs of set-based events (True, run) and single other events (False, [event]), in order."""
+    out: list[tuple[bool, list[EdgeEvent]]] = []
+    for ev in events:
+        fast = id(ev) in bodies
+        if fast and out and out[-1][0]:
+            out[-1][1].append(ev)
+        else:
+            out.append((fast, [ev]))
+    return out
+
+
 async def _apply_fast(
-    uow: UnitOfWork, batch: EventBatch, events: list[EdgeEvent]
-) -> dict[str, AckResult] | None:
-    """All `events` at once when they are equipment events that all apply (services/ingest_many.py), in a
-    savepoint; None when any of them needs the one-by-one path, which then gives each its exact answer."""
-    if len(events) < 2 or any(ev.kind != "INGEST" for ev in events):
-        return None
-    try:
-        uow.actor.require(*HANDLERS["INGEST"][0])
-        bodies = [ingest_body(batch.edge_id, ev) for ev in events]
-    except (MesError, ValidationError):
-        return None
+    uow: UnitOfWork, batch: EventBatch, events: list[EdgeEvent], bodies: list[IngestEventIn]
+) -> list[AckResult] | None:
+    """All `events` at once (services/ingest_many.py), in a savepoint; None when any of them needs the
+    one-by-one path, which then gives each its exact answer."""
     s = uow.session
     savepoint = await s.begin_nested()
     try:
@@ -174,7 +245,7 @@ async def _apply_fast(
         await savepoint.rollback()
         return None
     await savepoint.commit()
-    return {ev.event_id: AckResult(event_id=ev.event_id, status="ACCEPTED") for ev in events}
+    return [AckResult(event_id=ev.event_id, status="ACCEPTED") for ev in events]
 
 
 def _jsonable(value: Any) -> Any:

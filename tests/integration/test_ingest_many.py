@@ -240,3 +240,42 @@ async def test_a_refusal_in_a_batch_gives_each_event_its_own_answer(
     # Known events in a later batch are answered DUPLICATE, the new one is applied at once.
     ack = await applier.apply(batch([ev(sns[0], 0), ev(sns[2], 4)]))
     assert [r.status for r in ack.results] == ["DUPLICATE", "ACCEPTED"]
+
+
+async def test_a_mixed_batch_goes_set_based_around_what_cannot(
+    api: Api, database: Database, settings: Settings
+) -> None:
+    """A real line's batch mixes equipment events with BATCH events, refusals and malformed ones: the runs of
+    equipment events between them still go set-based, a refused attempt is split so only the half holding the
+    refusal goes one by one, and every event gets the answer (and the rows) it gets alone."""
+    await seed(database)
+    applier = Applier(database, settings)
+    fast_run, slow_run = await auto_run(api, database, 12), await auto_run(api, database, 12)
+
+    def events(sns: list[str]) -> list[dict[str, Any]]:
+        good = [ev(sn, i) for i, sn in enumerate(sorted(sns))]
+        malformed = {**ev("MALFORMED", 90), "eventId": f"e-bad-{sns[0]}"}
+        del malformed["payload"]["eventType"]  # not an ingest body: cannot go set-based
+        unknown = {**ev("NO-SUCH-UNIT", 91), "eventId": f"e-none-{sns[0]}"}
+        # 3 good | malformed | 8 good, unknown unit, 1 good (10 > SPLIT_ABOVE: split 5 + 5)
+        out = [*good[:3], malformed, *good[3:11], unknown, good[11]]
+        for seq, e in enumerate(out, 1):
+            e["seq"] = seq
+        return out
+
+    expected = [("ACCEPTED", None)] * 3 + [("REJECTED", "VALIDATION_FAILED")]
+    expected += [("ACCEPTED", None)] * 8 + [("REJECTED", "UNIT_RUN_NOT_FOUND"), ("ACCEPTED", None)]
+    with inserts(database) as fast_inserts:
+        ack = await applier.apply(batch(events(fast_run["sns"])))
+    assert [(r.status, r.code) for r in ack.results] == expected
+    with inserts(database) as slow_inserts:
+        answers = [(await applier.apply(batch([one]))).results[0] for one in events(slow_run["sns"])]
+    assert [(r.status, r.code) for r in answers] == expected
+    # Tracks: 3 at once, then the first half of the split at once, the half with the refusal one by one (4).
+    assert slow_inserts["tracks"] == 12 and fast_inserts["tracks"] == 1 + 1 + 4, (fast_inserts, slow_inserts)
+    assert await written(database, fast_run["runNo"]) == await written(database, slow_run["runNo"])
+    # The whole batch resent: what had an effect is a DUPLICATE, the refused ones are refused again.
+    again = await applier.apply(batch(events(fast_run["sns"])))
+    assert [(r.status, r.code) for r in again.results] == [
+        ("DUPLICATE", None) if status == "ACCEPTED" else (status, code) for status, code in expected
+    ]
