@@ -269,7 +269,7 @@ async def _apply_one(uow: UnitOfWork, batch: EventBatch, ev: EdgeEvent) -> AckRe
             return AckResult(event_id=ev.event_id, status="RETRY", code=exc.code, message=exc.message)
         if parked.may_wait(ev, exc.code):
             # Its unit has not reached the step yet: held here until it does (central/mqtt/parked.py).
-            parked.park(uow, batch.edge_id, batch.batch_id, ev, exc.code, exc.message)
+            parked.park(uow, batch.edge_id, batch.batch_id, ev, exc.code, exc.message, exc.details)
             s.add(_receipt(batch, ev, {"waiting": exc.code}))
             return AckResult(
                 event_id=ev.event_id, status="ACCEPTED", code=parked.WAITING, message=exc.message

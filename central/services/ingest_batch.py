@@ -209,11 +209,15 @@ def _step(ev: Event, units: list[Unit]) -> route.Step:
         raise Rejected(
             "STEP_MISMATCH",
             f"The units are at different steps ({', '.join(map(str, steps))}); a batch moves one step",
-            details={"stepNos": steps},
+            details={"stepNos": steps, "units": {u.sn: u.current_step_no for u in units}},
         )
     step = route.step(ev.version.snapshot_json, steps[0])
     if step is None or step.get("stationType") != "BATCH":
-        raise Rejected("STEP_MISMATCH", f"The units are at step {steps[0]}, which is not a BATCH step")
+        raise Rejected(
+            "STEP_MISMATCH",
+            f"The units are at step {steps[0]}, which is not a BATCH step",
+            details={"units": {u.sn: u.current_step_no for u in units}},
+        )
     return step
 
 

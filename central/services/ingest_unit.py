@@ -192,6 +192,7 @@ def _step(ev: Event, unit: Unit, station: Station) -> route.Step:
             "STATION_MISMATCH",
             f"Unit {unit.sn} is at step {unit.current_step_no}, which is not a {ev.event_type} step "
             f"station {station.code} can run",
+            details={"units": {unit.sn: unit.current_step_no}},
         )
     return step
 

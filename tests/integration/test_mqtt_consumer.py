@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from central.api import keys
 from central.config import Settings
@@ -464,6 +465,53 @@ async def test_event_ahead_of_its_unit_waits_and_is_applied_when_the_unit_gets_t
     assert trace.data["unit"]["currentStepNo"] == 40
     applied = await api.get("/integration/messages", EN, params={"status": "APPLIED", "system": "EDGE"})
     assert [m["dedupeKey"] for m in applied.data["items"]] == [f"edge:{EDGE}:{mount['eventId']}"]
+
+
+@contextmanager
+def savepoints(database: Database) -> Iterator[list[str]]:
+    """The SAVEPOINT statements sent: one per event applied one by one, and one per waiting event tried."""
+    seen: list[str] = []
+
+    def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("SAVEPOINT"):
+            seen.append(statement)
+
+    event.listen(database.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(database.engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_waiting_events_are_tried_again_only_when_their_unit_moved(
+    api: Api, database: Database, edge: EdgeClient
+) -> None:
+    flow = await line_b_run(api, qty=4)
+    (a, b, c, d), run_no = flow["sns"], flow["runNo"]
+    at = "2026-12-03T06:00:0{}.000Z".format
+
+    async def one(seq: int, station: str, sn: str) -> int:
+        """Publishes one event; → the SAVEPOINTs its batch sent."""
+        with savepoints(database) as seen:
+            edge.publish([line_b_event(seq, station, sn, run_no, at(seq))])
+            assert (await edge.ack())["results"][0]["status"] == "ACCEPTED"
+        return len(seen)
+
+    alone = await one(1, "ST-B-PRINT-01", c)  # nothing waits yet
+    # Unit a's MOUNT (step 30) overtook its PRINT (10) and SPI (20): it waits, refused at step 10.
+    edge.publish([line_b_event(2, "ST-B-MOUNT-01", a, run_no, at(5))])
+    assert (await edge.ack())["results"][0]["code"] == "WAITING"
+    assert await one(3, "ST-B-PRINT-01", b) == alone  # b moved, a did not: a's event is not tried
+    assert await one(4, "ST-B-PRINT-01", a) > alone  # a moved to 20: tried, still waits (needs SPI)
+    async with database.reader() as s:
+        meta = await s.scalar(select(IntegrationMessage.meta).where(IntegrationMessage.status == "WAITING"))
+    assert meta["units"] == {a: 20}  # noted where a is now
+    assert await one(5, "ST-B-PRINT-01", d) == alone  # a still at 20: not tried
+    await one(6, "ST-B-SPI-01", a)  # a at 30 now: tried and applied
+    trace = await api.get(f"/trace/units/{a}", Q, params={"mode": "run"})
+    assert sorted(t["stepNo"] for t in trace.data["tracks"]) == [10, 20, 30]
+    applied = await api.get("/integration/messages", EN, params={"status": "APPLIED", "system": "EDGE"})
+    assert len(applied.data["items"]) == 1
 
 
 async def test_a_waiting_event_whose_unit_never_gets_there_fails_after_the_ttl(
