@@ -50,9 +50,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if not figures.BOOK.entries:
         return
-    out = figures.ROOT / "var" / "reliability"
-    out.mkdir(parents=True, exist_ok=True)
-    data = [asdict(e) for e in figures.BOOK.entries.values()]
-    (out / f"{figures.MODE}.json").write_text(json.dumps(data, indent=2, default=str))
+    path = figures.ROOT / "var" / "reliability" / f"{figures.MODE}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    earlier = json.loads(path.read_text()) if figures.FULL and path.exists() else []
+    entries = figures.merged(earlier)
+    path.write_text(json.dumps([asdict(e) for e in entries.values()], indent=2, default=str))
     if figures.FULL:
-        (figures.ROOT / "docs" / "RELIABILITY.md").write_text(figures.render())
+        (figures.ROOT / "docs" / "RELIABILITY.md").write_text(figures.render(entries))

@@ -36,6 +36,7 @@ class Entry:
     values: dict[str, Any]
     outcome: str = "running"
     seconds: float = 0.0
+    run: str = ""  # when and on which commit the session that measured it started
 
 
 @dataclass
@@ -46,25 +47,39 @@ class _Book:
 BOOK = _Book()
 
 
+def _commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        return "?"
+
+
+SESSION = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {_commit()}"
+
+
 def record(node_id: str, target: str, title: str, **values: Any) -> None:
     """Keep what one test measured (merged when a test records several times)."""
     entry = BOOK.entries.get(node_id)
     if entry is None:
-        BOOK.entries[node_id] = Entry(target, node_id.split("::")[-1], title, dict(values))
+        BOOK.entries[node_id] = Entry(target, node_id.split("::")[-1], title, dict(values), run=SESSION)
     else:
         entry.values.update(values)
 
 
+def merged(earlier: list[dict[str, Any]]) -> dict[str, Entry]:
+    """This session's entries over an earlier full run's (`make reliability -k R1` reruns one suite and
+    keeps the others' figures, each row saying which run measured it)."""
+    out = {e["test"]: Entry(**e) for e in earlier}
+    out.update({e.test: e for e in BOOK.entries.values()})
+    return out
+
+
 def _machine() -> str:
     cpus = os.cpu_count() or 0
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = "?"
     system = f"{platform.system()} {platform.machine()}, {cpus} cores"
-    return f"{system}, Python {platform.python_version()}, commit {commit}"
+    return f"{system}, Python {platform.python_version()}"
 
 
 def _fmt(value: Any) -> str:
@@ -75,24 +90,25 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def render() -> str:
+def render(entries: dict[str, Entry]) -> str:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Reliability and security figures",
         "",
-        f"Written by `make reliability` ({MODE} sizes) on {now}; {_machine()}.",
-        "The targets are in `../shared/spec/quality-bars.md`; how each test injects its faults is said at",
-        "the top of its file under `tests/reliability/`. Regenerate with `make reliability` (the reduced",
-        "sizes run inside `make test`).",
+        f"Written by `make reliability` ({MODE} sizes) on {now}; {_machine()}; each row names the run",
+        "(start, commit) that measured it. The targets are in `../shared/spec/quality-bars.md`; how each",
+        "test injects its faults is said at the top of its file under `tests/reliability/`. Regenerate with",
+        '`make reliability` (the reduced sizes run inside `make test`; `PYTEST_ARGS="-k r1"` reruns one',
+        "suite and keeps the other rows).",
         "",
-        "| target | test | outcome | seconds |",
-        "|---|---|---|---|",
+        "| target | test | outcome | seconds | run |",
+        "|---|---|---|---|---|",
     ]
-    ordered = sorted(BOOK.entries.values(), key=lambda e: (e.target, e.test))
+    ordered = sorted(entries.values(), key=lambda e: (e.target, e.test))
     for e in ordered:
-        lines.append(f"| {e.target} | `{e.test}` | {e.outcome} | {e.seconds:,.1f} |")
+        lines.append(f"| {e.target} | `{e.test}` | {e.outcome} | {e.seconds:,.1f} | {e.run or '?'} |")
     for e in ordered:
-        lines += ["", f"## {e.target} — {e.title}", "", f"`{e.test}`: {e.outcome}", ""]
+        lines += ["", f"## {e.target} — {e.title}", "", f"`{e.test}`: {e.outcome} (run {e.run or '?'})", ""]
         lines += ["| figure | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in e.values.items()]
     return "\n".join(lines) + "\n"
