@@ -74,6 +74,13 @@ SAMPLE = size(30, 200)  # units compared field by field over REST
 SEED = int(os.environ.get("MES_R1_SEED", "20261203"))
 
 
+TITLE = "fault campaign: simulated line → edge → broker → central"
+
+
+def _faults(campaign: Campaign) -> str:
+    return ", ".join(f"{f['kind']} at {f['at']} s (recovered {f['recovery']} s)" for f in campaign.done)
+
+
 @pytest.fixture
 async def central_db(tmp_path: Path) -> AsyncIterator[str]:
     """SQLite for the reduced run; PostgreSQL (a database of its own) for the full one."""
@@ -247,6 +254,18 @@ async def test_r1_fault_campaign_delivers_every_event_exactly_once(
             edge = await eventually(drained, within=300 if FULL else 120, what="every record accepted")
         except AssertionError as e:
             stats = await line.agent.outbox_stats()
+            record_figures(  # a failed run keeps its figures too
+                "R1",
+                TITLE,
+                database=central_db.split(":", 1)[0],
+                events_sent=len(records),
+                events_accepted_at_central=last_seen.get("accepted"),
+                edge_backlog_when_given_up=stats["backlog"],
+                oldest_pending_at=stats["oldest_pending_at"],
+                faults=_faults(campaign),
+                production_seconds=round(produced, 1),
+                drain_given_up_after_seconds=round(time.monotonic() - drain_start, 1),
+            )
             raise AssertionError(f"{e}; central saw {last_seen}; the outbox: {stats}") from None
         drain_seconds = time.monotonic() - drain_start
 
@@ -281,7 +300,7 @@ async def test_r1_fault_campaign_delivers_every_event_exactly_once(
 
         record_figures(
             "R1",
-            "fault campaign: simulated line → edge → broker → central",
+            TITLE,
             database=central_db.split(":", 1)[0],
             broker="Mosquitto with per-edge users and the shipped ACL" if secured else broker.kind,
             boards=len(sns),
@@ -300,9 +319,7 @@ async def test_r1_fault_campaign_delivers_every_event_exactly_once(
             broker_restarts=BROKER_RESTARTS,
             central_restarts=CENTRAL_RESTARTS,
             network_cut_seconds=CUT_SECONDS,
-            faults=", ".join(
-                f"{f['kind']} at {f['at']} s (recovered {f['recovery']} s)" for f in campaign.done
-            ),
+            faults=_faults(campaign),
             max_recovery_seconds=max(f["recovery"] for f in campaign.done),
             production_seconds=round(produced, 1),
             drain_after_last_board_seconds=round(drain_seconds, 1),
