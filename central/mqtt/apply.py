@@ -85,8 +85,6 @@ class Applier:
         if actor is None:
             return await self._refuse_all(batch, events)
         ctx = AuditContext(entity_type="EDGE_EVENT", action="EDGE_EVENT_APPLY", trace_id=batch.batch_id)
-        results: list[AckResult] = []
-        counts = {"ACCEPTED": 0, "DUPLICATE": 0, "REJECTED": 0}
         async with UnitOfWork(self.db.writer, actor, ctx, self.settings) as uow:
             known = await _receipts(uow, batch.edge_id, [e.event_id for e in events])
             lane = _Lane(uow, batch, known)
