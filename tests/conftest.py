@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -75,11 +74,8 @@ def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iter
         shutil.copyfile(request.getfixturevalue("sqlite_template"), target)
         yield f"sqlite+aiosqlite:///{target}"
         return
-    template = request.getfixturevalue("pg_template")
-    name = f"mes_t_{uuid.uuid4().hex[:12]}"
-    asyncio.run(services.pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield services.pg_url(name)
-    asyncio.run(services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with services.pg_copy(request.getfixturevalue("pg_template"), "mes_t_") as url:
+        yield url
 
 
 @pytest.fixture

@@ -6,8 +6,12 @@ MES_REQUIRE_SERVICES=1 (set by .ci/run) a missing service is an error instead.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import asyncpg
@@ -45,6 +49,18 @@ async def pg_admin(sql: str) -> None:
 
 def pg_url(database: str) -> str:
     return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+
+
+@contextmanager
+def pg_copy(template: str, prefix: str) -> Iterator[str]:
+    """A database of its own, copied from a migrated template (named `prefix` + random), dropped afterwards;
+    → its URL. For sync fixtures: it runs its own event loop."""
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
+    asyncio.run(pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    try:
+        yield pg_url(name)
+    finally:
+        asyncio.run(pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def backends() -> list[str]:

@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -70,11 +69,8 @@ def shared_pg(request: pytest.FixtureRequest) -> Iterator[str]:
     """A PostgreSQL database of its own (migrated, from the session template) for several processes."""
     if not services.postgres_available():  # MES_REQUIRE_SERVICES=1 (CI) raises instead of landing here
         pytest.skip("several central processes share one PostgreSQL database: PostgreSQL is not reachable")
-    template = request.getfixturevalue("pg_template")
-    name = f"mes_sh_{uuid.uuid4().hex[:10]}"
-    asyncio.run(services.pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield services.pg_url(name)
-    asyncio.run(services.pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with services.pg_copy(request.getfixturevalue("pg_template"), "mes_sh_") as url:
+        yield url
 
 
 @pytest.fixture

@@ -17,14 +17,12 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import hypothesis
 import hypothesis.errors
 import pytest
@@ -228,21 +226,8 @@ def _db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Ite
         shutil.copyfile(request.getfixturevalue("sqlite_template"), target)
         yield f"sqlite+aiosqlite:///{target}"
         return
-    template = request.getfixturevalue("pg_template")
-    name = f"mes_r4_{uuid.uuid4().hex[:12]}"
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(
-            host=services.PG_HOST, port=services.PG_PORT, user=services.PG_USER, database="postgres"
-        )
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
-    yield services.pg_url(name)
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with services.pg_copy(request.getfixturevalue("pg_template"), "mes_r4_") as url:
+        yield url
 
 
 @pytest.fixture
