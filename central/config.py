@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from shared import tls
+
 DEFAULT_DB_URL = "sqlite+aiosqlite:///./var/mes.db"
 
 
@@ -108,21 +110,22 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _mqtt_tls(self) -> Settings:
-        if not self.mqtt_url.startswith("mqtts://"):
-            # A CA or client certificate beside a plain URL means TLS was expected: refuse, never downgrade.
-            for name in ("mqtt_ca_file", "mqtt_cert_file", "mqtt_key_file"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name}: TLS settings need an mqtts:// mqtt_url")
-        if self.mqtt_key_file is not None and self.mqtt_cert_file is None:
-            raise ValueError("mqtt_key_file: needs mqtt_cert_file (the client certificate)")
+        files = {
+            "mqtt_ca_file": self.mqtt_ca_file,
+            "mqtt_cert_file": self.mqtt_cert_file,
+            "mqtt_key_file": self.mqtt_key_file,
+        }
+        tls.check_settings(
+            self.mqtt_url.startswith("mqtts://"),
+            "mqtt_url",
+            files,
+            cert="mqtt_cert_file",
+            key="mqtt_key_file",
+        )
         return self
 
     def mqtt_ssl_context(self) -> ssl.SSLContext:
-        """Certificate and host name always verified: a certificate problem is an error, never plain text."""
-        ctx = ssl.create_default_context(cafile=self.mqtt_ca_file)
-        if self.mqtt_cert_file is not None:
-            ctx.load_cert_chain(self.mqtt_cert_file, self.mqtt_key_file)
-        return ctx
+        return tls.client_context(self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
 
     @model_validator(mode="after")
     def _outbound_target(self) -> Settings:

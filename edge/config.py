@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from edge.device_config import DeviceConfig, RuleConfig, check_references
+from shared import tls
 from shared.events import MAX_BATCH_BYTES, MAX_BATCH_EVENTS
 from shared.topics import DEFAULT_PREFIX
 
@@ -97,13 +98,8 @@ class MqttConfig(_Strict):
             raise ValueError("username: given both in url and as username/password; keep one")
         if self.password is not None and self.password_file is not None:
             raise ValueError("password_file: give either password or password_file")
-        if not self.tls:
-            # A CA or client certificate beside a plain URL means TLS was expected: refuse, never downgrade.
-            for name in ("ca_file", "cert_file", "key_file"):
-                if getattr(self, name) is not None:
-                    raise ValueError(f"{name}: TLS settings need an mqtts:// url (the url is plain mqtt://)")
-        if self.key_file is not None and self.cert_file is None:
-            raise ValueError("key_file: needs cert_file (the client certificate)")
+        files = {"ca_file": self.ca_file, "cert_file": self.cert_file, "key_file": self.key_file}
+        tls.check_settings(self.tls, "url", files, cert="cert_file", key="key_file")
         return self
 
     @property
@@ -124,11 +120,7 @@ class MqttConfig(_Strict):
         return f"{urlsplit(self.url).scheme}://{self.host}:{self.port}"
 
     def ssl_context(self) -> ssl.SSLContext:
-        """Verification and host-name checks always on: a certificate problem is an error, not plain text."""
-        ctx = ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
-        if self.cert_file is not None:
-            ctx.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
-        return ctx
+        return tls.client_context(self.ca_file, self.cert_file, self.key_file)
 
     def credentials(self) -> tuple[str | None, str | None]:
         """(username, password) from the url, the fields or the password file; read at start only."""
